@@ -1,0 +1,30 @@
+# Two commands: `make quickstart` and `make test`. Both work on a fresh machine with only Python.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: quickstart test lint venv clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+quickstart: $(STAMP)
+	$(PY) -m yolox_jax.quickstart --output-dir quickstart_out
+
+clean:
+	rm -rf $(VENV) quickstart_out

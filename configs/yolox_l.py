@@ -1,0 +1,7 @@
+"""YOLOX-L (official `exps/default/yolox_l.py`)."""
+
+from yolox_jax.config import variant_config
+
+
+def get_config():
+    return variant_config("yolox_l")

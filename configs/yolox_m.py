@@ -1,0 +1,7 @@
+"""YOLOX-M (official `exps/default/yolox_m.py`)."""
+
+from yolox_jax.config import variant_config
+
+
+def get_config():
+    return variant_config("yolox_m")

@@ -1,0 +1,7 @@
+"""YOLOX-Nano (official `exps/default/yolox_nano.py`)."""
+
+from yolox_jax.config import variant_config
+
+
+def get_config():
+    return variant_config("yolox_nano")

@@ -1,0 +1,7 @@
+"""YOLOX-S (official `exps/default/yolox_s.py`)."""
+
+from yolox_jax.config import variant_config
+
+
+def get_config():
+    return variant_config("yolox_s")

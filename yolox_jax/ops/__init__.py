@@ -1,0 +1,1 @@
+"""Array ops shared by training, evaluation and the demo (boxes, NMS)."""
