@@ -87,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
             max_labels=120,
             num_workers=4,
             cache="",  # "", "ram" or "disk"
+            cache_dir="",  # disk cache root; "": $XDG_CACHE_HOME/yolox_jax/images
             legacy=False,
             # augmentation (official names and values)
             mosaic_prob=1.0,
@@ -124,7 +125,8 @@ def base_config() -> ml_collections.ConfigDict:
             iters_per_epoch=0,  # 0: derived from the dataset size
             global_bn=True,  # BN statistics over the global batch (official: per GPU)
             assignment_rule="center_radius",  # or "box_or_center" (rule of the released weights)
-            center_radius=1.5,
+            # None: the rule's own radius (1.5 strides; 2.5 for "box_or_center")
+            center_radius=ml_collections.config_dict.placeholder(float),
             init_from="",
             distributed=False,
             coordinator_address="",
