@@ -108,7 +108,7 @@ def describe_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         raise WeightsError(f"unrecognised YOLOX backbone: neither {stem!r} nor a Darknet stem")
     width = np.shape(sd[stem])[0] / 64.0
     depthwise = any(".dconv." in k for k in sd)
-    n3 = len({k.split(".")[4] for k in sd if k.startswith("backbone.backbone.dark3.1.m.")})
+    n3 = len({k.split(".")[5] for k in sd if k.startswith("backbone.backbone.dark3.1.m.")})
     return dict(arch="cspdarknet", width=width, depthwise=depthwise, dark3_blocks=n3,
                 num_classes=num_classes)
 
