@@ -1,0 +1,335 @@
+"""Run a `Predictor` over a dataset and score it (COCO or VOC), with timing.
+
+Timing: the forward pass and NMS are one compiled XLA program, so `inference_ms` (per image, the
+device time of full batches from dispatch to results on the host, batches that compiled
+excluded) covers both; `split_timing` also times a forward-only program on one full batch
+afterwards, giving `forward_ms` and `nms_ms = inference_ms - forward_ms`. `images_per_s` is
+end-to-end (reading, letterbox, inference, transfer) over the same batches. Host preprocessing of
+batch i + 1 runs in the predictor's threads while batch i is on the device.
+
+Multi-device / multi-host: the predictor shards each batch over the process's local devices.
+With several processes each one predicts the images `process_index::process_count` of the
+record list; the detections are packed into padded arrays and every process receives all of
+them (`multihost_utils.process_allgather`), so every process computes the same statistics (no
+extra broadcast; the trainer keeps process 0's).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from yolox_jax.data.readers import DatasetInfo
+from yolox_jax.data.transforms import letterbox_ratio
+from yolox_jax.inference import ImageDetections, Predictor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    """stats: the metric numbers plus timing; detections: one per record, in record order."""
+
+    stats: dict[str, Any]
+    detections: list[ImageDetections]
+
+
+# ------------------------------------------------------------------------------ prediction
+def predict_paths(
+    predictor: Predictor,
+    paths: Sequence[str],
+    batch_size: int = 8,
+    progress: bool = True,
+    split_timing: bool = False,
+    desc: str = "eval",
+) -> tuple[list[ImageDetections], dict[str, float]]:
+    """Images (paths) -> (detections in order, timing). Batches of at most `batch_size`
+    (capped at the predictor's largest bucket)."""
+    from tqdm import tqdm
+
+    bs = max(1, min(int(batch_size), predictor.buckets[-1]))
+    batches = [list(paths[i:i + bs]) for i in range(0, len(paths), bs)]
+    pool = predictor.pool
+    submit = lambda batch: [pool.submit(predictor.preprocess, p) for p in batch]
+    results: list[ImageDetections] = []
+    device_s = wall_s = 0.0
+    timed_images = timed_full = compiled = 0
+    device_full_s = 0.0
+    last_full: tuple[np.ndarray, np.ndarray] | None = None
+    nxt = submit(batches[0]) if batches else []
+    t_prev = time.perf_counter()
+    for bi in tqdm(range(len(batches)), desc=desc, disable=not progress, unit="batch"):
+        prepared = [f.result() for f in nxt]
+        if bi + 1 < len(batches):
+            nxt = submit(batches[bi + 1])
+        inputs = np.stack([p[0] for p in prepared])
+        ratios = np.array([p[1] for p in prepared], np.float64)
+        before = predictor.cache_size()
+        t0 = time.perf_counter()
+        det = predictor.run_batch(inputs, ratios)
+        out = predictor.unpack(det, ratios, [p[2] for p in prepared])
+        t1 = time.perf_counter()
+        results.extend(out)
+        if predictor.cache_size() != before:
+            compiled += 1
+        else:
+            device_s += t1 - t0
+            wall_s += t1 - t_prev
+            timed_images += len(out)
+            if len(out) == predictor.bucket_for(len(out)):
+                device_full_s += t1 - t0
+                timed_full += len(out)
+                last_full = (inputs, ratios)
+        t_prev = time.perf_counter()
+    predictor.warn_overflow(results)
+    nan = float("nan")
+    timing: dict[str, float] = {  # the same keys on every process (they are gathered)
+        "images": float(len(results)),
+        "timed_images": float(timed_images),
+        "compiled_batches": float(compiled),
+        "device_s": device_s,
+        "wall_s": wall_s,
+        "inference_ms": (1000.0 * device_full_s / timed_full if timed_full
+                         else 1000.0 * device_s / timed_images if timed_images else nan),
+        "images_per_s": timed_images / wall_s if timed_images and wall_s > 0 else nan,
+        "forward_ms": nan,
+        "nms_ms": nan,
+    }
+    if split_timing and last_full is not None:
+        timing["forward_ms"] = forward_ms_per_image(predictor, last_full[0])
+        timing["nms_ms"] = max(0.0, timing["inference_ms"] - timing["forward_ms"])
+    return results, timing
+
+
+def forward_ms_per_image(predictor: Predictor, inputs: np.ndarray, repeats: int = 3) -> float:
+    """Median time of the network alone on a full batch [B, H, W, 3], per image (compiles once)."""
+    model = predictor.model
+    fwd = jax.jit(lambda v, x: model.apply(v, x.astype(jnp.float32), train=False))
+    x = jax.device_put(inputs, predictor._data_sharding)
+    jax.block_until_ready(fwd(predictor.variables, x))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fwd(predictor.variables, x))
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * float(np.median(times)) / inputs.shape[0]
+
+
+# ------------------------------------------------------------------------------ multi-host
+def pack_detections(
+    detections: Sequence[ImageDetections], indices: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """Detections of some images -> arrays: images int32 [n, 5] (record index, h, w,
+    num_candidates, num_kept); rows float32 [M, 7] (x1, y1, x2, y2, score, obj, cls_conf);
+    row_ids int32 [M, 2] (record index, class)."""
+    images = np.array(
+        [[i, d.image_hw[0], d.image_hw[1], d.num_candidates, d.num_kept]
+         for i, d in zip(indices, detections, strict=True)], np.int32,
+    ).reshape(-1, 5)
+    rows = [np.concatenate([d.boxes, d.scores[:, None], d.obj[:, None], d.cls_conf[:, None]],
+                           axis=1) for d in detections]
+    ids = [np.stack([np.full(len(d), i), d.classes], axis=1)
+           for i, d in zip(indices, detections, strict=True)]
+    return {
+        "images": images,
+        "rows": np.concatenate(rows + [np.zeros((0, 7), np.float32)]).astype(np.float32),
+        "row_ids": np.concatenate(ids + [np.zeros((0, 2), np.int64)]).astype(np.int32),
+    }
+
+
+def unpack_detections(
+    packed: dict[str, np.ndarray], num_images: int, input_size: Sequence[int]
+) -> list[ImageDetections]:
+    """Inverse of `pack_detections` over all images (each record index exactly once; rows of
+    one image keep their order). The letterbox ratio is recomputed from the image size."""
+    images, rows, ids = packed["images"], packed["rows"], packed["row_ids"]
+    got = np.sort(images[:, 0])
+    if not np.array_equal(got, np.arange(num_images)):
+        raise ValueError(f"gathered detections cover {len(got)} image slots, expected each of "
+                         f"0..{num_images - 1} once")
+    order = np.argsort(ids[:, 0], kind="stable")
+    rows, ids = rows[order], ids[order]
+    bounds = np.searchsorted(ids[:, 0], np.arange(num_images + 1))
+    out: list[ImageDetections | None] = [None] * num_images
+    for i, h, w, nc, nk in images.tolist():
+        r = rows[bounds[i]:bounds[i + 1]]
+        out[i] = ImageDetections(
+            boxes=r[:, :4].copy(), scores=r[:, 4].copy(), obj=r[:, 5].copy(),
+            cls_conf=r[:, 6].copy(), classes=ids[bounds[i]:bounds[i + 1], 1].copy(),
+            ratio=float(letterbox_ratio((h, w), input_size)), image_hw=(h, w),
+            num_candidates=nc, num_kept=nk,
+        )
+    return out  # type: ignore[return-value]
+
+
+def gather_detections(
+    packed: dict[str, np.ndarray], gather_fn: Callable[[Any], Any] | None = None
+) -> dict[str, np.ndarray]:
+    """Every process's packed arrays -> all of them concatenated (on every process). Arrays are
+    padded to the largest process's size first, as `process_allgather` needs equal shapes."""
+    if gather_fn is None:
+        from jax.experimental.multihost_utils import process_allgather as gather_fn
+    sizes = np.asarray(gather_fn(np.array([len(packed[k]) for k in sorted(packed)], np.int32)))
+    sizes = sizes.reshape(-1, len(packed))  # [P, num arrays]
+    padded = {}
+    for j, k in enumerate(sorted(packed)):
+        a = packed[k]
+        pad = np.zeros((int(sizes[:, j].max()) - len(a), *a.shape[1:]), a.dtype)
+        padded[k] = np.concatenate([a, pad])
+    stacked = gather_fn(padded)
+    return {
+        k: np.concatenate([np.asarray(stacked[k][p])[: sizes[p, j]] for p in range(len(sizes))])
+        for j, k in enumerate(sorted(packed))
+    }
+
+
+# ------------------------------------------------------------------------------ evaluation
+def evaluate_dataset(
+    predictor: Predictor,
+    info: DatasetInfo,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    split_timing: bool = False,
+    use_07_metric: bool = True,
+    coco_gt: Any = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    gather_fn: Callable[[Any], Any] | None = None,
+) -> EvalResult:
+    """Predict every record of `info` and score the detections (COCOeval for COCO, the official
+    VOC mAP for VOC). stats: the metric numbers, `num_images`, timing (see the module docstring).
+
+    coco_gt: a pycocotools COCO to reuse (default: loaded from `info.source`); use_07_metric: VOC
+    only. COCO is scored on the records' images only (all of the json's by default).
+    """
+    from yolox_jax.eval.coco_eval import evaluate_coco, load_coco_gt, to_coco_results
+    from yolox_jax.eval.voc_eval import evaluate_voc
+
+    if predictor.num_classes != len(info.class_names):
+        raise ValueError(
+            f"the predictor scores {predictor.num_classes} classes but {info.source} has "
+            f"{len(info.class_names)} ({', '.join(info.class_names[:5])}...); build the "
+            f"Predictor with num_classes={len(info.class_names)} (a model with at least that "
+            "many outputs)"
+        )
+    pi = jax.process_index() if process_index is None else int(process_index)
+    pc = jax.process_count() if process_count is None else int(process_count)
+    indices = np.arange(pi, len(info.records), pc)
+    paths = [info.records[i].image_path for i in indices]
+    dets, timing = predict_paths(predictor, paths, batch_size, progress and pi == 0,
+                                 split_timing, desc=f"eval {info.format}")
+    if pc > 1:
+        packed = gather_detections(pack_detections(dets, indices), gather_fn)
+        dets = unpack_detections(packed, len(info.records), predictor.input_size)
+        keys = sorted(timing)
+        gather = gather_fn
+        if gather is None:
+            from jax.experimental.multihost_utils import process_allgather as gather
+        allt = np.asarray(gather(np.array([timing[k] for k in keys], np.float32)), np.float64)
+        allt = allt.reshape(pc, len(keys))
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-nan columns stay nan
+            means = dict(zip(keys, np.nanmean(allt, axis=0).tolist(), strict=True))
+        timing = dict(zip(keys, np.nansum(allt, axis=0).tolist(), strict=True))
+        timing.update({k: means[k] for k in ("inference_ms", "forward_ms", "nms_ms")})
+    if info.format == "coco":
+        gt = load_coco_gt(coco_gt if coco_gt is not None else info.source)
+        results = to_coco_results(dets, [r.image_id for r in info.records], info.category_ids)
+        stats = evaluate_coco(gt, results, info.class_names,
+                              image_ids=[r.image_id for r in info.records])
+    elif info.format == "voc":
+        stats = evaluate_voc(dets, info.records, info.class_names, use_07_metric)
+    else:
+        raise ValueError(f"unknown dataset format {info.format!r}; expected 'coco' or 'voc'")
+    stats["num_images"] = len(info.records)
+    stats.update({k: v for k, v in timing.items() if k in (
+        "inference_ms", "forward_ms", "nms_ms", "images_per_s", "compiled_batches")
+        and not np.isnan(v)})
+    return EvalResult(stats=stats, detections=dets)
+
+
+def read_config_dataset(config: Any, **overrides: Any) -> DatasetInfo:
+    """The evaluation split named by `config.data`: COCO `data_dir` + `val_ann` (under
+    `annotations/`) + `val_images`; VOC `data_dir` + `voc_val_split` + `class_names`."""
+    from yolox_jax.data import readers
+
+    d = config.data
+    fmt = overrides.get("format", d.format)
+    data_dir = overrides.get("data_dir", d.data_dir)
+    if fmt == "coco":
+        return readers.read_coco(data_dir, overrides.get("ann", d.val_ann),
+                                 overrides.get("images", d.val_images))
+    if fmt == "voc":
+        names = tuple(overrides.get("class_names", d.class_names)) or None
+        return readers.read_voc(data_dir, overrides.get("split", d.voc_val_split), names)
+    raise ValueError(f"config.data.format must be 'coco' or 'voc', got {fmt!r}")
+
+
+def _replicated(predictor: Predictor) -> NamedSharding:
+    return NamedSharding(predictor.mesh, PartitionSpec())
+
+
+_CACHE: dict[str, Any] = {}  # the last evaluation's dataset, ground truth and predictor
+
+
+def evaluate_config_dataset(
+    model: Any,
+    variables: Any,
+    config: Any,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    split_timing: bool = False,
+) -> dict[str, Any]:
+    """The trainer's evaluation: `config.data`'s evaluation split, `config.test` thresholds,
+    `data.test_size` / `data.legacy`. Returns the stats dict (no detections).
+
+    The dataset, the COCO ground truth and the compiled predictor are kept between calls (the
+    trainer calls this every `eval_interval` epochs; only the weights change), keyed by the
+    model object and the settings.
+    """
+    t = config.test
+    d = config.data
+    data_key = (d.format, d.data_dir, d.val_ann, d.val_images, d.voc_val_split,
+                tuple(d.class_names))
+    if _CACHE.get("data_key") != data_key:
+        info = read_config_dataset(config)
+        gt = None
+        if info.format == "coco":
+            from yolox_jax.eval.coco_eval import load_coco_gt
+
+            gt = load_coco_gt(info.source)
+        _CACHE.clear()
+        _CACHE.update(data_key=data_key, info=info, gt=gt)
+    info, gt = _CACHE["info"], _CACHE["gt"]
+    pred_key = (id(model), tuple(d.test_size), bool(t.class_agnostic), t.pre_nms_topk, t.max_det,
+                bool(d.get("legacy", False)), len(info.class_names), int(batch_size))
+    predictor = _CACHE.get("predictor")
+    if _CACHE.get("pred_key") != pred_key or predictor is None:
+        model_classes = int(model.num_classes)
+        predictor = Predictor(
+            model, variables, input_size=tuple(d.test_size), conf=float(t.conf),
+            nms=float(t.nms), class_agnostic=bool(t.class_agnostic),
+            pre_nms_topk=t.pre_nms_topk, max_det=t.max_det, legacy=bool(d.get("legacy", False)),
+            dtype=model.dtype, batch_buckets=(int(batch_size),),
+            num_classes=len(info.class_names) if len(info.class_names) != model_classes
+            else None,
+            config=config,
+        )
+        _CACHE.update(pred_key=pred_key, predictor=predictor)
+    else:
+        predictor.variables = jax.device_put(variables, _replicated(predictor))
+        predictor.conf, predictor.nms = float(t.conf), float(t.nms)
+    result = evaluate_dataset(predictor, info, batch_size=batch_size, progress=progress,
+                              split_timing=split_timing, coco_gt=gt)
+    return result.stats
