@@ -1,0 +1,374 @@
+"""Batched, jitted inference: letterbox on the host, one compiled forward + postprocess on device.
+
+`Predictor` takes BGR uint8 images of any sizes and returns detections in original-image pixels,
+exactly as the official `tools/demo.py` / `COCOEvaluator` get them (`ValTransform`, decoded head
+output, `postprocess`, boxes divided by the letterbox ratio, not clipped). Shapes are fixed per
+bucket so that serving a new batch size, or changing the thresholds, does not recompile:
+
+* batches are padded to the next size in `batch_buckets` (rounded up to a multiple of the local
+  device count; larger inputs are split into chunks of the largest bucket);
+* `conf` / `nms` are traced float32 scalars;
+* the batch is sharded over every local device (a 1-D mesh, axis "data"), the weights replicated.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from yolox_jax.data.io import read_image
+from yolox_jax.data.transforms import legacy_normalize, letterbox, to_bgr
+from yolox_jax.ops.nms import nms_threshold_f32
+from yolox_jax.ops.postprocess import Detections, postprocess
+
+
+class CandidateOverflowWarning(UserWarning):
+    """Some images had more candidates than `pre_nms_topk` (results may differ from official)."""
+
+
+@dataclass(frozen=True)
+class ImageDetections:
+    """Detections of one image, in that image's pixels (K detections, descending score).
+
+    boxes [K, 4] x1y1x2y2 float32 (not clipped, as the official eval); scores [K] = obj * cls_conf;
+    classes [K] int32 (contiguous model classes); obj, cls_conf [K]; ratio: the letterbox scale
+    the boxes were divided by; image_hw: the source image (height, width); num_candidates /
+    num_kept: anchors passing conf / boxes NMS kept (before the pre_nms_topk / max_det cuts).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    obj: np.ndarray
+    cls_conf: np.ndarray
+    ratio: float
+    image_hw: tuple[int, int]
+    num_candidates: int = 0
+    num_kept: int = 0
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def rows(self) -> np.ndarray:
+        """[K, 7] float32 in the official `postprocess` row layout (x1, y1, x2, y2, obj, cls_conf,
+        cls), boxes already in image pixels (the official `output[:, :4] / ratio`)."""
+        return np.concatenate(
+            [self.boxes, self.obj[:, None], self.cls_conf[:, None],
+             self.classes[:, None].astype(np.float32)], axis=1,
+        ).astype(np.float32)
+
+    def to_json(self, class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """JSON-ready list of {"bbox": [x1, y1, x2, y2], "score", "class_id", "class"?, ...}."""
+        out = []
+        for i in range(len(self)):
+            d: dict[str, Any] = {
+                "bbox": [float(v) for v in self.boxes[i]],
+                "score": float(self.scores[i]),
+                "class_id": int(self.classes[i]),
+                "obj": float(self.obj[i]),
+                "cls_conf": float(self.cls_conf[i]),
+            }
+            if class_names is not None and 0 <= int(self.classes[i]) < len(class_names):
+                d["class"] = str(class_names[int(self.classes[i])])
+            out.append(d)
+        return out
+
+
+def make_predict_fn(
+    model: Any,
+    *,
+    class_agnostic: bool = False,
+    pre_nms_topk: int = 1000,
+    max_det: int = 300,
+    num_classes: int | None = None,
+) -> Callable[..., Detections]:
+    """The pure, jittable `predict_fn(variables, images, ratios, conf, nms) -> Detections`.
+
+    images [B, H, W, 3] (uint8 or float32, BGR 0..255, or legacy-normalised float32), ratios [B]
+    (letterbox scale per image), conf / nms float32 scalars (pass `nms_threshold_f32(nms)` for the
+    exact torchvision double comparison). The network runs in the model's dtype, postprocess in
+    float32; boxes of the result are divided by the ratios (original-image pixels, float32 as the
+    official `bboxes /= scale`). `num_classes` < the model's: only the first `num_classes` class
+    scores are used, as the official `postprocess(num_classes=...)` slices them.
+    """
+
+    def predict_fn(
+        variables: Any, images: jax.Array, ratios: jax.Array, conf: jax.Array, nms: jax.Array
+    ) -> Detections:
+        x = images.astype(jnp.float32)
+        decoded = model.apply(variables, x, train=False).astype(jnp.float32)  # [B, N, 5 + C]
+        if num_classes is not None:
+            decoded = decoded[..., : 5 + int(num_classes)]
+        det = postprocess(
+            decoded, conf, nms, class_agnostic=class_agnostic,
+            pre_nms_topk=pre_nms_topk, max_det=max_det,
+        )
+        scale = ratios.astype(jnp.float32)[:, None, None]
+        return det._replace(boxes=det.boxes / scale)
+
+    return predict_fn
+
+
+def num_anchors(input_size: Sequence[int]) -> int:
+    """Anchors of a YOLOX head for an (H, W) input: sum over strides 8/16/32 of (H/s) * (W/s)."""
+    h, w = int(input_size[0]), int(input_size[1])
+    return sum((h // s) * (w // s) for s in (8, 16, 32))
+
+
+def _bucket_sizes(buckets: Iterable[int], num_devices: int) -> tuple[int, ...]:
+    sizes = sorted({int(b) for b in buckets})
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"batch_buckets must be positive sizes, got {tuple(buckets)!r}")
+    return tuple(sorted({-(-b // num_devices) * num_devices for b in sizes}))
+
+
+class Predictor:
+    """Detect objects in BGR uint8 images of any sizes with one jitted function per bucket.
+
+    `predictor(images)` -> one `ImageDetections` per image (original-image pixels). Images may
+    also be file paths (read with cv2). The host side (read, letterbox) runs in a thread pool.
+
+    input_size (H, W): None -> the config's `data.test_size`, else (416, 416). pre_nms_topk None
+    -> every anchor (never truncates, exactly the official result); max_det None -> every
+    detection NMS keeps (no cap, as the official eval). dtype "bfloat16" runs the network in
+    bf16 (weights stay float32), postprocess stays float32. devices: default `jax.local_devices()`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        variables: Any,
+        input_size: Sequence[int] | None = None,
+        conf: float = 0.3,
+        nms: float = 0.45,
+        class_agnostic: bool = False,
+        pre_nms_topk: int | None = 1000,
+        max_det: int | None = 300,
+        legacy: bool = False,
+        dtype: str | Any = "float32",
+        batch_buckets: Sequence[int] = (1, 8, 32),
+        num_classes: int | None = None,
+        config: ml_collections.ConfigDict | None = None,
+        devices: Sequence[Any] | None = None,
+        num_threads: int = 4,
+    ) -> None:
+        if input_size is None:
+            input_size = tuple(config.data.test_size) if config is not None else (416, 416)
+        if len(input_size) != 2 or input_size[0] % 32 or input_size[1] % 32:
+            raise ValueError(
+                f"input_size must be (height, width), multiples of 32, got {tuple(input_size)!r}"
+            )
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        n_anchors = num_anchors(self.input_size)
+        self.pre_nms_topk = n_anchors if pre_nms_topk is None else min(int(pre_nms_topk), n_anchors)
+        self.max_det = n_anchors if max_det is None else int(max_det)
+        self.conf = float(conf)
+        self.nms = float(nms)
+        self.class_agnostic = bool(class_agnostic)
+        self.legacy = bool(legacy)
+        self.dtype = jnp.dtype(dtype)
+        self.num_threads = int(num_threads)
+        if self.dtype != jnp.dtype(model.dtype):
+            if config is not None:
+                from yolox_jax.models.yolox import build_model
+
+                model = build_model(config, num_classes=model.num_classes, dtype=self.dtype)
+            else:
+                model = model.clone(dtype=self.dtype)
+        self.model = model
+        model_classes = int(model.num_classes)
+        if num_classes is not None and not 1 <= int(num_classes) <= model_classes:
+            raise ValueError(
+                f"num_classes must be in 1..{model_classes} (the model's), got {num_classes}"
+            )
+        self.num_classes = model_classes if num_classes is None else int(num_classes)
+
+        self.devices = list(devices) if devices is not None else jax.local_devices()
+        self.mesh = Mesh(np.array(self.devices), ("data",))
+        self._data_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.buckets = _bucket_sizes(batch_buckets, len(self.devices))
+        self.variables = jax.device_put(variables, replicated)
+        self.predict_fn = make_predict_fn(
+            model,
+            class_agnostic=self.class_agnostic,
+            pre_nms_topk=self.pre_nms_topk,
+            max_det=self.max_det,
+            num_classes=None if self.num_classes == model_classes else self.num_classes,
+        )
+        self._jitted = jax.jit(
+            self.predict_fn,
+            in_shardings=(replicated, self._data_sharding, self._data_sharding, replicated,
+                          replicated),
+            out_shardings=self._data_sharding,
+        )
+        self._pool: ThreadPoolExecutor | None = None
+        self.images_seen = 0
+        self.images_over_topk = 0
+        self.images_over_max_det = 0
+
+    # ------------------------------------------------------------------ host side
+    def preprocess(self, image: np.ndarray | str | os.PathLike) -> tuple[np.ndarray, float, tuple]:
+        """One image (array or path) -> (network input [H, W, 3], ratio, source (h, w)).
+
+        Non-legacy inputs stay uint8 (4x less to transfer; the cast is exact on device).
+        """
+        if isinstance(image, (str, os.PathLike)):
+            img = read_image(image)
+        else:
+            img = to_bgr(np.asarray(image))
+        x, ratio = letterbox(img, self.input_size)
+        if self.legacy:  # = val_preprocess(img, size, legacy=True), float32 RGB normalised
+            x = legacy_normalize(x)
+        return x, float(ratio), (int(img.shape[0]), int(img.shape[1]))
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=max(1, self.num_threads))
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the preprocessing threads (the predictor stays usable: they restart on demand)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def bucket_for(self, n: int) -> int:
+        """Padded batch size for n images (n <= the largest bucket)."""
+        for b in self.buckets:
+            if b >= n:
+                return b
+        raise ValueError(f"batch of {n} exceeds the largest bucket {self.buckets[-1]}")
+
+    # ------------------------------------------------------------------ device side
+    def run_batch(self, inputs: np.ndarray, ratios: np.ndarray,
+                  conf: float | None = None, nms: float | None = None) -> Detections:
+        """inputs [n, H, W, 3], ratios [n] -> Detections [bucket, ...] (device, asynchronous).
+
+        Pads to the bucket size (padding rows get ratio 1 and are to be ignored).
+        """
+        n = inputs.shape[0]
+        if inputs.shape[1:] != (*self.input_size, 3):
+            raise ValueError(
+                f"inputs must be [n, {self.input_size[0]}, {self.input_size[1]}, 3], "
+                f"got {inputs.shape}"
+            )
+        b = self.bucket_for(n)
+        if b > n:
+            pad = np.zeros((b - n, *inputs.shape[1:]), inputs.dtype)
+            inputs = np.concatenate([inputs, pad])
+            ratios = np.concatenate([ratios, np.ones(b - n, ratios.dtype)])
+        conf_v = np.float32(self.conf if conf is None else conf)
+        nms_v = nms_threshold_f32(self.nms if nms is None else nms)
+        images = jax.device_put(inputs, self._data_sharding)
+        scale = jax.device_put(np.asarray(ratios, np.float32), self._data_sharding)
+        return self._jitted(self.variables, images, scale, conf_v, nms_v)
+
+    def unpack(self, det: Detections, ratios: Sequence[float],
+               shapes: Sequence[tuple[int, int]]) -> list[ImageDetections]:
+        """Device Detections -> the first len(ratios) images' ImageDetections (blocks).
+
+        Counts images over `pre_nms_topk` / `max_det` in `images_over_topk` / `images_over_max_det`
+        (see `warn_overflow`).
+        """
+        host = jax.device_get(det)
+        n = len(ratios)
+        out = []
+        for i in range(n):
+            k = int(host.num_valid[i])
+            out.append(ImageDetections(
+                boxes=np.asarray(host.boxes[i, :k], np.float32),
+                scores=np.asarray(host.scores[i, :k], np.float32),
+                classes=np.asarray(host.classes[i, :k], np.int32),
+                obj=np.asarray(host.obj[i, :k], np.float32),
+                cls_conf=np.asarray(host.cls_conf[i, :k], np.float32),
+                ratio=float(ratios[i]),
+                image_hw=tuple(shapes[i]),
+                num_candidates=int(host.num_candidates[i]),
+                num_kept=int(host.num_kept[i]),
+            ))
+        self.images_seen += n
+        self.images_over_topk += int(np.sum(host.num_candidates[:n] > self.pre_nms_topk))
+        self.images_over_max_det += int(np.sum(host.num_kept[:n] > self.max_det))
+        return out
+
+    def warn_overflow(self, results: Sequence[ImageDetections], stacklevel: int = 2) -> None:
+        """One warning for a set of results if any image was cut by pre_nms_topk or max_det."""
+        over_topk = [r.num_candidates for r in results if r.num_candidates > self.pre_nms_topk]
+        over_det = sum(r.num_kept > self.max_det for r in results)
+        if over_topk:
+            warnings.warn(
+                f"{len(over_topk)} of {len(results)} images had more than pre_nms_topk="
+                f"{self.pre_nms_topk} candidates (max {max(over_topk)}); only the best "
+                f"{self.pre_nms_topk} entered NMS, so results may differ from the official "
+                "postprocess (raise pre_nms_topk, or pass None for all anchors)",
+                CandidateOverflowWarning,
+                stacklevel=stacklevel + 1,
+            )
+        if over_det:
+            warnings.warn(
+                f"{over_det} of {len(results)} images kept more than max_det={self.max_det} "
+                "detections after NMS; the lowest-scoring ones were dropped (max_det=None keeps "
+                "all)",
+                CandidateOverflowWarning,
+                stacklevel=stacklevel + 1,
+            )
+
+    def __call__(
+        self,
+        images: Sequence[np.ndarray | str | os.PathLike] | np.ndarray,
+        conf: float | None = None,
+        nms: float | None = None,
+    ) -> list[ImageDetections]:
+        """Images (BGR uint8 arrays of any sizes, or paths) -> one ImageDetections per image.
+
+        A single [h, w, 3] (or gray [h, w]) array counts as one image; a [B, h, w, 3] array as B
+        images. `conf` / `nms` override the thresholds for this call (no recompilation). Warns
+        once per call (CandidateOverflowWarning) if an image was cut by pre_nms_topk / max_det.
+        """
+        if isinstance(images, np.ndarray) and images.ndim in (2, 3):
+            images = [images]
+        images = list(images)
+        if not images:
+            return []
+        prepared = list(self.pool.map(self.preprocess, images))
+        biggest = self.buckets[-1]
+        pending = []
+        for start in range(0, len(prepared), biggest):  # all chunks dispatched before any wait
+            chunk = prepared[start:start + biggest]
+            inputs = np.stack([c[0] for c in chunk])
+            ratios = np.array([c[1] for c in chunk], np.float64)
+            pending.append((self.run_batch(inputs, ratios, conf, nms), chunk))
+        results: list[ImageDetections] = []
+        for det, chunk in pending:
+            results.extend(self.unpack(det, [c[1] for c in chunk], [c[2] for c in chunk]))
+        self.warn_overflow(results)
+        return results
+
+    def cache_size(self) -> int:
+        """Compiled executables of the jitted function (one per bucket size used)."""
+        return int(self._jitted._cache_size())
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike | Path, config: Any = None, **kwargs: Any
+    ) -> Predictor:
+        """Load an exported folder / training workdir / official .pth and wrap it; the config's
+        test_size and legacy flag are the defaults."""
+        from yolox_jax.weights.checkpoint import load_checkpoint
+
+        model, variables, cfg = load_checkpoint(path, config)
+        kwargs.setdefault("legacy", bool(cfg.data.get("legacy", False)))
+        return cls(model, variables, config=cfg, **kwargs)
