@@ -31,6 +31,7 @@ def get_config():
     c.train.warmup_epochs = 1
     c.train.no_aug_epochs = 2
     c.train.eval_interval = 5
+    c.train.eval_at_start = True
     c.train.print_interval = 5
     c.train.init_from = str(home / "yolox_nano.pth")
     c.test.conf = 0.001

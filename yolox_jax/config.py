@@ -120,6 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
             nesterov=True,
             print_interval=10,
             eval_interval=10,
+            eval_at_start=False,  # also evaluate the initial weights (fine-tuning curves)
             keep_checkpoints=3,
             save_interval_steps=0,  # 0: save at the end of every epoch only
             iters_per_epoch=0,  # 0: derived from the dataset size

@@ -6,6 +6,7 @@ Flax parameter path joined with '.' *is* the official state-dict key (see `weigh
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,6 +111,11 @@ class DepthwiseConv(nn.Module):
 
 
 def use_depthwise_taps() -> bool:
+    """Shifted taps on CPU, XLA's grouped conv elsewhere; `YOLOX_JAX_DEPTHWISE=taps|conv`
+    forces one (same parameters and results either way)."""
+    forced = os.environ.get("YOLOX_JAX_DEPTHWISE", "").lower()
+    if forced in ("taps", "conv"):
+        return forced == "taps"
     return jax.default_backend() == "cpu"
 
 

@@ -39,7 +39,7 @@ def yolox_losses(
     grid: jax.Array,
     strides: jax.Array,
     labels: jax.Array,
-    use_l1: bool = False,
+    use_l1: bool | jax.Array = False,
     rule: str = "center_radius",
     center_radius: float | None = None,
 ) -> dict[str, jax.Array]:
@@ -86,11 +86,13 @@ def yolox_losses(
     cls_bce = jnp.sum(bce_with_logits(cls, cls_target), axis=-1)
     loss_cls = jnp.sum(jnp.where(fg, cls_bce, 0.0)) / denom
 
-    if use_l1:
+    if isinstance(use_l1, (bool, int)) and not use_l1:
+        loss_l1 = jnp.zeros((), f32)
+    else:  # True, or a traced flag (one compilation serves both phases of training)
         l1 = jnp.sum(jnp.abs(raw_box - l1_targets(gt_boxes, grid, strides)), axis=-1)
         loss_l1 = jnp.sum(jnp.where(fg, l1, 0.0)) / denom
-    else:
-        loss_l1 = jnp.zeros((), f32)
+        if not isinstance(use_l1, (bool, int)):
+            loss_l1 = jnp.where(use_l1, loss_l1, jnp.zeros((), f32))
 
     iou_term = REG_WEIGHT * loss_iou
     return {
@@ -109,7 +111,7 @@ def compute_losses(
     variables: Any,
     images: jax.Array,
     labels: jax.Array,
-    use_l1: bool = False,
+    use_l1: bool | jax.Array = False,
     train_bn: bool = True,
     rule: str = "center_radius",
     center_radius: float | None = None,

@@ -72,7 +72,7 @@ def make_train_step(
     from yolox_jax.train.losses import compute_losses
     from yolox_jax.train.optim import ema_update
 
-    def step(state: TrainState, images, labels, use_l1: bool, size):
+    def step(state: TrainState, images, labels, use_l1: jax.Array, size):
         images = images.astype(jnp.float32)
         labels = labels.astype(jnp.float32)
         if size is not None and tuple(size) != tuple(images.shape[1:3]):
@@ -103,18 +103,23 @@ def make_train_step(
     rep, data = replicated(mesh), batch_sharding(mesh)
     # jit refuses keyword arguments together with in_shardings: the flags are positional
     # static arguments of the jitted function and keywords of the wrapper.
+    # use_l1 is a traced flag (one compilation serves the mosaic and the no-aug phase); size is
+    # static (a new shape is a new program anyway).
     jitted = jax.jit(
         step,
-        in_shardings=(rep, data, data),
+        in_shardings=(rep, data, data, rep),
         out_shardings=(rep, rep),
-        static_argnums=(3, 4),
+        static_argnums=(4,),
         donate_argnums=(0,),
     )
 
     def train_step(state: TrainState, images: jax.Array, labels: jax.Array,
                    use_l1: bool = False, size: tuple[int, int] | None = None
                    ) -> tuple[TrainState, dict[str, jax.Array]]:
-        return jitted(state, images, labels, bool(use_l1),
+        if getattr(state.step, "sharding", None) != rep:
+            # A state not yet on the mesh would compile a second program on the next call.
+            state = jax.device_put(state, rep)
+        return jitted(state, images, labels, np.bool_(use_l1),
                       None if size is None else (int(size[0]), int(size[1])))
 
     train_step.jitted = jitted  # for lowering / cache inspection

@@ -216,7 +216,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     last_metrics: dict[str, float] = {}
     steps_run = 0
     total_steps = iters_per_epoch * int(t.max_epoch)
-    t_start = time.time()
+    t_start = None  # set after the first step, so that compilation does not skew the ETA
+    steps_timed = 0
+    if t.eval_at_start and ckpt.latest_step() is None:
+        last_eval = _log_eval(evaluate_fn, model, state, config, logger, 0, "before training")
     with _StopFlag() as stop:
         try:
             while epoch < int(t.max_epoch):
@@ -243,9 +246,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                         )
                     if step % max(int(t.print_interval), 1) == 0 or next_batch == iters_per_epoch:
                         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                        elapsed = time.time() - t_start
-                        rate = steps_run / max(elapsed, 1e-9)
-                        eta = (total_steps - step - 1) / max(rate, 1e-9)
+                        if t_start is None:
+                            t_start, steps_timed = time.time(), steps_run
+                        rate = (steps_run - steps_timed) / max(time.time() - t_start, 1e-9)
+                        eta = (total_steps - step - 1) / rate if rate > 0 else float("nan")
                         m.update(images_per_s=int(t.batch_size) / max(time.time() - t_step, 1e-9),
                                  data_wait_s=data_wait, epoch=epoch + 1, size_h=size[0])
                         last_metrics = m
@@ -264,15 +268,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                     epoch, next_batch = epoch + 1, 0
                     if next_batch == 0 and (epoch % max(int(t.eval_interval), 1) == 0
                                             or epoch == int(t.max_epoch)):
-                        last_eval = evaluate_fn(model, state.variables(), config) or {}
+                        last_eval = _log_eval(evaluate_fn, model, state, config, logger, epoch,
+                                              f"epoch {epoch}")
                         if last_eval:
-                            logger.log(int(state.step), "eval", {
-                                k: v for k, v in last_eval.items()
-                                if isinstance(v, (int, float))})
                             ap = _headline_ap(last_eval)
-                            logger.print(f"epoch {epoch} eval: " + ", ".join(
-                                f"{k} {v:.4f}" for k, v in last_eval.items()
-                                if isinstance(v, float)))
                             if ap is not None and ap > best_ap and is_main:
                                 best_ap = ap
                                 save_checkpoint(workdir / "best", state.variables(), config)
@@ -291,6 +290,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     return {"metrics": last_metrics, "eval": last_eval, "steps_run": steps_run,
             "step": int(state.step), "epoch": epoch, "next_batch": next_batch,
             "stopped_by_signal": stop.signal, "state": state}
+
+
+def _log_eval(evaluate_fn, model, state, config, logger, epoch: int, what: str) -> dict:
+    """Evaluate the EMA weights; log the numbers (step, epoch) to every sink."""
+    stats = evaluate_fn(model, state.variables(), config) or {}
+    numbers = {k: float(v) for k, v in stats.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numbers:
+        logger.log(int(state.step), "eval", {**numbers, "epoch": epoch})
+        logger.print(f"{what} eval: " + ", ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
+    return stats
 
 
 def _headline_ap(stats: dict) -> float | None:

@@ -1,0 +1,173 @@
+"""Images/s of the full train step (forward, SimOTA, losses, backward, SGD, EMA) per variant.
+
+    python benchmarks/train_step.py --variants nano,s --size 640 --batch 8 [--steps 5]
+        [--dtype bfloat16] [--official /path/to/YOLOX]
+
+Prints one row per variant: compile time, seconds per step, images/s, and the share of the step
+spent in SimOTA (the jitted assignment alone on the same predictions, over the step time). With
+`--official PATH` (an official YOLOX checkout and `torch==2.13.0`; torchvision is not needed) the
+official model's training forward + loss + backward + SGD step runs on the same batch in the same
+process, and the ratio ours / official is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def synthetic_batch(batch: int, size: int, num_boxes: int, max_labels: int, seed: int = 0):
+    """uint8 BGR images [B, S, S, 3] and labels [B, max_labels, 5] (class, cx, cy, w, h)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    labels = np.zeros((batch, max_labels, 5), np.float32)
+    for b in range(batch):
+        wh = rng.uniform(16, size / 3, (num_boxes, 2))
+        c = rng.uniform(wh / 2, size - wh / 2)
+        labels[b, :num_boxes] = np.column_stack(
+            [rng.integers(0, 80, num_boxes), c, wh]).astype(np.float32)
+    return images, labels
+
+
+def _timeit(fn, steps: int) -> list[float]:
+    out = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def bench_ours(variant: str, images, labels, steps: int, dtype: str) -> dict:
+    import jax
+
+    from yolox_jax.config import variant_config
+    from yolox_jax.models.yolox import build_model, init_variables
+    from yolox_jax.train.optim import make_optimizer
+    from yolox_jax.train.simota import simota_assign
+    from yolox_jax.train.state import create_train_state
+    from yolox_jax.train.step import global_batch, make_mesh, make_train_step
+
+    config = variant_config(variant)
+    config.model.dtype = dtype
+    size = images.shape[1]
+    model = build_model(config)
+    variables = init_variables(model, jax.random.key(0), (size, size))
+    tx, schedule = make_optimizer(config.train, images.shape[0], 1000)
+    state = create_train_state(variables, tx, 0)
+    mesh = make_mesh()
+    step_fn = make_train_step(model, tx, schedule, mesh)
+    x, y = global_batch(mesh, images, labels)
+
+    t = time.perf_counter()
+    state, m = step_fn(state, x, y, use_l1=False, size=None)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t
+    holder = {"state": state}
+
+    def one():
+        holder["state"], metrics = step_fn(holder["state"], x, y, use_l1=False, size=None)
+        jax.block_until_ready(metrics)
+
+    times = _timeit(one, steps)
+    step_s = statistics.median(times)
+
+    # SimOTA alone on this batch's predictions.
+    out = model.apply(holder["state"].variables(False), x.astype("float32"), train=True,
+                      mutable=["batch_stats"])[0]
+    valid = y.sum(-1) > 0  # the official rule: a label row is a box iff its sum > 0
+    assign = jax.jit(simota_assign)
+    args = (out["outputs"][..., :4], out["outputs"][..., 5:], out["outputs"][..., 4],
+            out["grid"], out["strides"], y, valid)
+    jax.block_until_ready(assign(*args))
+    simota_s = statistics.median(_timeit(lambda: jax.block_until_ready(assign(*args)), steps))
+    return dict(compile_s=compile_s, step_s=step_s, images_per_s=images.shape[0] / step_s,
+                simota_share=simota_s / step_s, loss=float(m["total"]))
+
+
+def bench_official(path: str, variant: str, images, labels, steps: int) -> dict:
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("--official needs torch: pip install torch==2.13.0 (CPU)") from None
+    sys.path.insert(0, path)
+    _stub_torchvision()
+    from yolox.exp import get_exp
+
+    exp = get_exp(None, variant.replace("_", "-").replace("darknet53", "yolov3"))
+    model = exp.get_model()
+    model.train()
+    opt = exp.get_optimizer(images.shape[0])
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32))
+    y = torch.from_numpy(labels)
+
+    def one():
+        opt.zero_grad()
+        loss = model(x, y)["total_loss"]
+        loss.backward()
+        opt.step()
+
+    t = time.perf_counter()
+    one()
+    first = time.perf_counter() - t
+    step_s = statistics.median(_timeit(one, steps))
+    return dict(first_s=first, step_s=step_s, images_per_s=images.shape[0] / step_s)
+
+
+def _stub_torchvision() -> None:
+    """The official code imports torchvision (for NMS only, unused in training)."""
+    import types
+
+    if "torchvision" in sys.modules:
+        return
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        tv = types.ModuleType("torchvision")
+        tv.ops = types.ModuleType("torchvision.ops")
+        sys.modules["torchvision"] = tv
+        sys.modules["torchvision.ops"] = tv.ops
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default="nano,s")
+    p.add_argument("--size", type=int, default=640)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--boxes", type=int, default=20, help="boxes per image")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--official", default=None, help="official YOLOX checkout (needs torch)")
+    args = p.parse_args(argv)
+
+    import jax
+
+    images, labels = synthetic_batch(args.batch, args.size, args.boxes, 120)
+    print(f"backend {jax.default_backend()} ({jax.device_count()} devices), batch {args.batch}, "
+          f"{args.size}x{args.size}, {args.boxes} boxes/image, {args.dtype}")
+    header = (f"{'variant':16s} {'compile s':>9s} {'s/step':>8s} {'img/s':>8s} {'SimOTA %':>9s}")
+    if args.official:
+        header += f" {'official img/s':>15s} {'ratio':>6s}"
+    print(header)
+    for v in args.variants.split(","):
+        name = v if v.startswith("yolox_") else f"yolox_{v}"
+        r = bench_ours(name, images, labels, args.steps, args.dtype)
+        row = (f"{name:16s} {r['compile_s']:9.1f} {r['step_s']:8.3f} {r['images_per_s']:8.2f} "
+               f"{100 * r['simota_share']:8.1f}%")
+        if args.official:
+            o = bench_official(args.official, name, images, labels, args.steps)
+            row += f" {o['images_per_s']:15.2f} {r['images_per_s'] / o['images_per_s']:6.2f}"
+        print(row, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
