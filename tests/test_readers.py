@@ -78,7 +78,7 @@ def test_coco_official_rules_and_category_mapping(tmp_path, caplog):
     logged = [r for r in caplog.records if r.name == "yolox_jax.data.readers"]
     assert len(logged) == 1 and "a.jpg annotation 4" in logged[0].getMessage()
     # what the training pipeline reads: crowd boxes are not targets
-    _, boxes, classes = _records_arrays(info.records)
+    _, boxes, classes, _, _ = _records_arrays(info.records)
     assert len(boxes[1]) == 0 and len(boxes[0]) == 4
 
 
