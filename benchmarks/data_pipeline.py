@@ -69,6 +69,14 @@ def bench_official(path: str, data_dir: str, ann: str, images: str, data_cfg: An
     if not os.path.isdir(os.path.join(path, "yolox")):
         raise SystemExit(f"--official {path!r}: expected a YOLOX checkout (with a yolox/ folder)")
     sys.path.insert(0, os.path.abspath(path))
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:  # imported by yolox.utils for NMS only, which the data code never calls
+        import types
+
+        tv = types.ModuleType("torchvision")
+        tv.ops = types.ModuleType("torchvision.ops")
+        sys.modules["torchvision"], sys.modules["torchvision.ops"] = tv, tv.ops
     from yolox.data import COCODataset, MosaicDetection, TrainTransform
 
     size = tuple(int(s) for s in data_cfg.input_size)
