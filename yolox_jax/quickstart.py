@@ -46,6 +46,7 @@ def _config(data_dir: Path, weights: Path, epochs: int):
 
 def _detect_dog(weights_dir: Path, dog: Path, out: Path) -> list[dict]:
     from yolox_jax.data.classes import class_names_for
+    from yolox_jax.data.io import read_image
     from yolox_jax.inference import Predictor
     from yolox_jax.visualize import draw_detections
     from yolox_jax.weights.checkpoint import load_checkpoint
@@ -54,7 +55,7 @@ def _detect_dog(weights_dir: Path, dog: Path, out: Path) -> list[dict]:
     names = class_names_for(tuple(config.data.class_names), model.num_classes)
     predictor = Predictor(model, variables, config=config, conf=0.3, nms=0.45,
                           class_agnostic=True, batch_buckets=(1,))
-    img = cv2.imread(str(dog))
+    img = read_image(dog)
     (det,) = predictor([img])
     dets = det.to_json(names)
     cv2.imwrite(str(out / "dog_detections.jpg"),
@@ -64,6 +65,7 @@ def _detect_dog(weights_dir: Path, dog: Path, out: Path) -> list[dict]:
 
 
 def _raccoon_picture(model, variables, config, out: Path, n: int = 8) -> None:
+    from yolox_jax.data.io import read_image
     from yolox_jax.data.readers import read_voc
     from yolox_jax.inference import Predictor
     from yolox_jax.visualize import draw_detections
@@ -72,7 +74,7 @@ def _raccoon_picture(model, variables, config, out: Path, n: int = 8) -> None:
     paths = [r.image_path for r in info.records[:n]]
     predictor = Predictor(model, variables, config=config, conf=0.3, nms=0.45,
                           batch_buckets=(len(paths),))
-    images = [cv2.imread(p) for p in paths]
+    images = [read_image(p) for p in paths]
     tiles = []
     for img, det in zip(images, predictor(images), strict=True):
         draw_detections(img, det.boxes, det.scores, det.classes, info.class_names, 0.3)
