@@ -124,7 +124,6 @@ def base_config() -> ml_collections.ConfigDict:
             keep_checkpoints=3,
             save_interval_steps=0,  # 0: save at the end of every epoch only
             iters_per_epoch=0,  # 0: derived from the dataset size
-            global_bn=True,  # BN statistics over the global batch (official: per GPU)
             assignment_rule="center_radius",  # or "box_or_center" (rule of the released weights)
             # None: the rule's own radius (1.5 strides; 2.5 for "box_or_center")
             center_radius=ml_collections.config_dict.placeholder(float),
