@@ -225,11 +225,9 @@ def image_demo(args: argparse.Namespace, path: str, predictor: Any,
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if not cv2.imwrite(str(target), vis):
                     raise DemoError(f"could not write {target}")
-            if args.show:
-                cv2.imshow("yolox", vis)
-                if cv2.waitKey(0) in (27, ord("q"), ord("Q")):
-                    stop = True
-                    break
+            if args.show and _show(vis, wait_ms=0):
+                stop = True
+                break
         bar.update(len(chunk))
         if stop:
             break
@@ -314,11 +312,9 @@ def video_demo(args: argparse.Namespace, kind: str, path: str | None, predictor:
                 vis = annotate(frame, det, names, args.conf)
                 if writer is not None:
                     writer.write(vis)
-                if args.show:
-                    cv2.imshow("yolox", vis)
-                    if cv2.waitKey(1) in (27, ord("q"), ord("Q")):
-                        stop = True
-                        break
+                if args.show and _show(vis, wait_ms=1):
+                    stop = True
+                    break
             bar.update(len(frames))
             if stop:
                 break
@@ -339,6 +335,15 @@ def video_demo(args: argparse.Namespace, kind: str, path: str | None, predictor:
         json_path.write_text(json.dumps(result, indent=1))
         print(f"saved {video_path} and {json_path}")
     return result
+
+
+
+def _show(vis: Any, wait_ms: int) -> bool:
+    """Display one annotated image; True when the user pressed Esc or q (stop)."""
+    import cv2
+
+    cv2.imshow("yolox", vis)
+    return cv2.waitKey(wait_ms) in (27, ord("q"), ord("Q"))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
