@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
             bn_momentum=0.03,  # torch convention; Flax momentum = 1 - 0.03
             prior_prob=1e-2,
             dtype="float32",  # compute dtype; parameters stay float32
+            kernels="auto",  # "auto": CPU formulations on CPU, XLA convolutions elsewhere
         )
     )
 

@@ -5,28 +5,30 @@ Both return the `dark3, dark4, dark5` features (strides 8, 16, 32) the necks con
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
-from yolox_jax.models.layers import BaseConv, CSPLayer, Focus, ResLayer, SPPBottleneck, conv_block
+from yolox_jax.models.layers import (
+    BaseConv,
+    CSPLayer,
+    Focus,
+    ResLayer,
+    Settings,
+    SPPBottleneck,
+    conv_block,
+)
 
 
 class CSPDarknet(nn.Module):
     depth: float = 1.0
     width: float = 1.0
     depthwise: bool = False
-    act: str = "silu"
-    bn_eps: float = 1e-3
-    bn_momentum: float = 0.03
-    dtype: Any = jnp.float32
+    s: Settings = Settings()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
         """[B, H, W, 3] -> (dark3 [B, H/8, W/8, 4c], dark4 [.., 8c], dark5 [.., 16c]), c = 64 w."""
-        kw = dict(act=self.act, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype)
+        kw = dict(s=self.s)
         c = int(self.width * 64)
         n = max(round(self.depth * 3), 1)  # Python round, as the official code
         Conv = conv_block(self.depthwise)
@@ -49,25 +51,22 @@ class CSPDarknet(nn.Module):
 class Darknet53(nn.Module):
     """Darknet-53 with the official SPP block at the end of dark5 (LeakyReLU 0.1 everywhere)."""
 
-    bn_eps: float = 1e-3
-    bn_momentum: float = 0.03
-    dtype: Any = jnp.float32
+    s: Settings = Settings(act="lrelu")
     blocks: tuple[int, int, int, int] = (2, 8, 8, 4)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
         """[B, H, W, 3] -> (dark3 [.., 256], dark4 [.., 512], dark5 [.., 512])."""
-        kw = dict(bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype)
-        ckw = dict(act="lrelu", **kw)
+        kw = dict(s=self.s)
 
         def group(x, prefix, features, num_blocks, start=0):
             """The official `make_group_layer`: a stride-2 conv then `num_blocks` ResLayers."""
-            x = BaseConv(features, 3, 2, name=f"{prefix}.{start}", **ckw)(x, train)
+            x = BaseConv(features, 3, 2, name=f"{prefix}.{start}", **kw)(x, train)
             for i in range(num_blocks):
                 x = ResLayer(name=f"{prefix}.{start + 1 + i}", **kw)(x, train)
             return x
 
-        x = BaseConv(32, 3, 1, name="stem.0", **ckw)(x, train)
+        x = BaseConv(32, 3, 1, name="stem.0", **kw)(x, train)
         x = group(x, "stem", 64, 1, start=1)
         x = group(x, "dark2", 128, self.blocks[0])
         dark3 = group(x, "dark3", 256, self.blocks[1])
@@ -75,9 +74,9 @@ class Darknet53(nn.Module):
         x = group(dark4, "dark5", 1024, self.blocks[3])
         # The official `make_spp_block`, unpacked into dark5 after its residual blocks.
         s = self.blocks[3] + 1
-        x = BaseConv(512, 1, 1, name=f"dark5.{s}", **ckw)(x, train)
-        x = BaseConv(1024, 3, 1, name=f"dark5.{s + 1}", **ckw)(x, train)
-        x = SPPBottleneck(512, act="lrelu", name=f"dark5.{s + 2}", **kw)(x, train)
-        x = BaseConv(1024, 3, 1, name=f"dark5.{s + 3}", **ckw)(x, train)
-        dark5 = BaseConv(512, 1, 1, name=f"dark5.{s + 4}", **ckw)(x, train)
+        x = BaseConv(512, 1, 1, name=f"dark5.{s}", **kw)(x, train)
+        x = BaseConv(1024, 3, 1, name=f"dark5.{s + 1}", **kw)(x, train)
+        x = SPPBottleneck(512, name=f"dark5.{s + 2}", **kw)(x, train)
+        x = BaseConv(1024, 3, 1, name=f"dark5.{s + 3}", **kw)(x, train)
+        dark5 = BaseConv(512, 1, 1, name=f"dark5.{s + 4}", **kw)(x, train)
         return dark3, dark4, dark5

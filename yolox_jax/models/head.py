@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from yolox_jax.models.layers import BaseConv, conv_block, torch_bias_init, torch_conv_kernel_init
+from yolox_jax.models.layers import BaseConv, Conv, Settings, conv_block, torch_bias_init
 
 STRIDES = (8, 16, 32)
 
@@ -46,12 +45,9 @@ def decode_boxes(raw_box: jax.Array, grid: jax.Array, strides: jax.Array) -> jax
 class YOLOXHead(nn.Module):
     num_classes: int = 80
     width: float = 1.0
-    act: str = "silu"
     depthwise: bool = False
     prior_prob: float = 1e-2
-    bn_eps: float = 1e-3
-    bn_momentum: float = 0.03
-    dtype: Any = jnp.float32
+    s: Settings = Settings()
 
     @nn.compact
     def __call__(
@@ -59,23 +55,21 @@ class YOLOXHead(nn.Module):
     ) -> tuple[jax.Array, list[tuple[int, int]]]:
         """FPN features -> raw predictions [B, N, 5 + C] (reg 4, obj 1, cls C; logits), float32,
         and the (h, w) of each level."""
-        kw = dict(act=self.act, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype)
+        kw = dict(s=self.s)
         hidden = int(256 * self.width)
-        Conv = conv_block(self.depthwise)
+        Block = conv_block(self.depthwise)
         prior_bias = -math.log((1 - self.prior_prob) / self.prior_prob)
         outs, hw = [], []
         for k, x in enumerate(feats):
             x = BaseConv(hidden, 1, 1, name=f"stems.{k}", **kw)(x, train)
-            cls_feat = Conv(hidden, 3, 1, name=f"cls_convs.{k}.0", **kw)(x, train)
-            cls_feat = Conv(hidden, 3, 1, name=f"cls_convs.{k}.1", **kw)(cls_feat, train)
-            reg_feat = Conv(hidden, 3, 1, name=f"reg_convs.{k}.0", **kw)(x, train)
-            reg_feat = Conv(hidden, 3, 1, name=f"reg_convs.{k}.1", **kw)(reg_feat, train)
+            cls_feat = Block(hidden, 3, 1, name=f"cls_convs.{k}.0", **kw)(x, train)
+            cls_feat = Block(hidden, 3, 1, name=f"cls_convs.{k}.1", **kw)(cls_feat, train)
+            reg_feat = Block(hidden, 3, 1, name=f"reg_convs.{k}.0", **kw)(x, train)
+            reg_feat = Block(hidden, 3, 1, name=f"reg_convs.{k}.1", **kw)(reg_feat, train)
 
             def pred(features, name, bias_init, feat):
-                return nn.Conv(
-                    features, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
-                    kernel_init=torch_conv_kernel_init, bias_init=bias_init, name=name,
-                )(feat)
+                return Conv(features, 1, use_bias=True, bias_init=bias_init, s=self.s,
+                            name=name)(feat)
 
             prior = nn.initializers.constant(prior_bias)
             cls_out = pred(self.num_classes, f"cls_preds.{k}", prior, cls_feat)

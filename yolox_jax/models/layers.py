@@ -2,11 +2,14 @@
 
 Submodule names mirror the official PyTorch module paths (`conv`, `bn`, `m.0`, ...), so that a
 Flax parameter path joined with '.' *is* the official state-dict key (see `weights/convert.py`).
+
+The numerics live in `models/kernels.py` (BatchNorm with a fused backward, depthwise and 1x1
+convolutions in the forms XLA's CPU backend runs fast); this file is only the architecture.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+
+from yolox_jax.models import kernels
 
 Dtype = Any
 
@@ -29,6 +34,32 @@ def torch_bias_init(fan_in: int):
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What every block of one model shares: activation, BN constants, compute dtype, kernels.
+
+    `kernels`: "auto" picks the CPU formulations (`kernels.py`) on a CPU backend and XLA's
+    convolutions elsewhere; "cpu" / "xla" force one (same parameters and results either way;
+    "xla" is what the ONNX exporter traces, one Conv node per convolution).
+    """
+
+    act: str = "silu"
+    bn_eps: float = 1e-3
+    bn_momentum: float = 0.03  # torch convention: new = (1 - m) * old + m * batch
+    dtype: Dtype = jnp.float32
+    kernels: str = "auto"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def cpu_kernels(self) -> bool:
+        if self.kernels not in ("auto", "cpu", "xla"):
+            raise ValueError(f"kernels must be 'auto', 'cpu' or 'xla', got {self.kernels!r}")
+        if self.kernels == "auto":
+            return jax.default_backend() == "cpu"
+        return self.kernels == "cpu"
 
 
 def activation(name: str):
@@ -51,9 +82,7 @@ class BatchNorm(nn.Module):
     the global batch (synchronised BN).
     """
 
-    momentum: float = 0.03  # torch convention: new = (1 - m) * old + m * batch
-    epsilon: float = 1e-3
-    dtype: Dtype = jnp.float32
+    s: Settings = Settings()
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
@@ -62,61 +91,48 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
-        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         if use_running_average:
-            mean, var = ra_mean.value, ra_var.value
-        else:
-            axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(xf, axes)
-            var = jnp.mean(jnp.square(xf - mean), axes)
-            if not self.is_initializing():
-                n = int(np.prod([x.shape[a] for a in axes]))
-                unbiased = var * (n / max(n - 1, 1))
-                m = self.momentum
-                ra_mean.value = (1 - m) * ra_mean.value + m * mean
-                ra_var.value = (1 - m) * ra_var.value + m * unbiased
-        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
-        return y.astype(self.dtype)
+            y = kernels.batch_norm_inference(x, ra_mean.value, ra_var.value, scale, bias,
+                                             self.s.bn_eps)
+            return y.astype(self.s.dtype)
+        y, mean, var = kernels.batch_norm_train(x, scale, bias, self.s.bn_eps, self.s.dtype)
+        if not self.is_initializing():
+            n = int(np.prod(x.shape[:-1]))
+            unbiased = var * (n / max(n - 1, 1))
+            m = self.s.bn_momentum
+            ra_mean.value = (1 - m) * ra_mean.value + m * mean
+            ra_var.value = (1 - m) * ra_var.value + m * unbiased
+        return y
 
 
-class DepthwiseConv(nn.Module):
-    """A depthwise conv as k*k shifted multiply-adds, [B, H, W, C] -> [B, H/s, W/s, C].
+class Conv(nn.Module):
+    """Conv2d, NHWC, kernel `[k, k, Cin / groups, features]` (HWIO, as `nn.Conv`), symmetric
+    padding (k-1)//2, optional bias. One module for every convolution of the model; it picks
+    the formulation (`kernels.conv2d`), never the parameters."""
 
-    Same parameter (`kernel` [k, k, 1, C], HWIO) and result as a grouped `nn.Conv`, but XLA's
-    CPU backend runs grouped convolutions ~40x slower than these fused elementwise taps
-    (forward and backward), which dominates YOLOX-Nano training on a CPU.
-    """
-
-    ksize: int
+    features: int
+    ksize: int = 1
     stride: int = 1
-    dtype: Dtype = jnp.float32
+    groups: int = 1
+    use_bias: bool = False
+    bias_init: Any = None
+    s: Settings = Settings()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        k, s, c = self.ksize, self.stride, x.shape[-1]
-        kernel = self.param("kernel", torch_conv_kernel_init, (k, k, 1, c), jnp.float32)
-        kernel = kernel.astype(self.dtype)
-        x = x.astype(self.dtype)
-        pad = (k - 1) // 2
-        xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        h = (x.shape[1] + 2 * pad - k) // s + 1
-        w = (x.shape[2] + 2 * pad - k) // s + 1
-        out = None
-        for i in range(k):
-            for j in range(k):
-                tap = xp[:, i : i + s * (h - 1) + 1 : s, j : j + s * (w - 1) + 1 : s, :]
-                term = tap * kernel[i, j, 0]
-                out = term if out is None else out + term
-        return out
-
-
-def use_depthwise_taps() -> bool:
-    """Shifted taps on CPU, XLA's grouped conv elsewhere; `YOLOX_JAX_DEPTHWISE=taps|conv`
-    forces one (same parameters and results either way)."""
-    forced = os.environ.get("YOLOX_JAX_DEPTHWISE", "").lower()
-    if forced in ("taps", "conv"):
-        return forced == "taps"
-    return jax.default_backend() == "cpu"
+        cin = x.shape[-1]
+        if cin % self.groups:
+            raise ValueError(f"{cin} input channels are not divisible by groups={self.groups}")
+        kernel = self.param("kernel", torch_conv_kernel_init,
+                            (self.ksize, self.ksize, cin // self.groups, self.features),
+                            jnp.float32)
+        y = kernels.conv2d(x.astype(self.s.dtype), kernel.astype(self.s.dtype), self.stride,
+                           self.groups, cpu=self.s.cpu_kernels())
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init or nn.initializers.zeros, (self.features,),
+                              jnp.float32)
+            y = y + bias.astype(self.s.dtype)
+        return y
 
 
 class BaseConv(nn.Module):
@@ -126,34 +142,13 @@ class BaseConv(nn.Module):
     ksize: int
     stride: int = 1
     groups: int = 1
-    act: str = "silu"
-    bn_eps: float = 1e-3
-    bn_momentum: float = 0.03
-    dtype: Dtype = jnp.float32
+    s: Settings = Settings()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        pad = (self.ksize - 1) // 2
-        depthwise = self.groups > 1 and self.groups == x.shape[-1] == self.features
-        if depthwise and use_depthwise_taps():
-            x = DepthwiseConv(self.ksize, self.stride, self.dtype, name="conv")(x)
-        else:
-            x = nn.Conv(
-                self.features,
-                (self.ksize, self.ksize),
-                strides=(self.stride, self.stride),
-                padding=((pad, pad), (pad, pad)),
-                feature_group_count=self.groups,
-                use_bias=False,
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                kernel_init=torch_conv_kernel_init,
-                name="conv",
-            )(x)
-        x = BatchNorm(self.bn_momentum, self.bn_eps, self.dtype, name="bn")(
-            x, use_running_average=not train
-        )
-        return activation(self.act)(x)
+        x = Conv(self.features, self.ksize, self.stride, self.groups, s=self.s, name="conv")(x)
+        x = BatchNorm(self.s, name="bn")(x, use_running_average=not train)
+        return activation(self.s.act)(x)
 
 
 class DWConv(nn.Module):
@@ -162,18 +157,13 @@ class DWConv(nn.Module):
     features: int
     ksize: int
     stride: int = 1
-    act: str = "silu"
-    bn_eps: float = 1e-3
-    bn_momentum: float = 0.03
-    dtype: Dtype = jnp.float32
+    s: Settings = Settings()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(act=self.act, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype)
-        x = BaseConv(x.shape[-1], self.ksize, self.stride, groups=x.shape[-1], name="dconv", **kw)(
-            x, train
-        )
-        return BaseConv(self.features, 1, 1, name="pconv", **kw)(x, train)
+        c = x.shape[-1]
+        x = BaseConv(c, self.ksize, self.stride, groups=c, s=self.s, name="dconv")(x, train)
+        return BaseConv(self.features, 1, 1, s=self.s, name="pconv")(x, train)
 
 
 def conv_block(depthwise: bool):
@@ -185,17 +175,13 @@ class Bottleneck(nn.Module):
     shortcut: bool = True
     expansion: float = 0.5
     depthwise: bool = False
-    act: str = "silu"
-    bn_eps: float = 1e-3
-    bn_momentum: float = 0.03
-    dtype: Dtype = jnp.float32
+    s: Settings = Settings()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(act=self.act, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype)
         hidden = int(self.features * self.expansion)
-        y = BaseConv(hidden, 1, 1, name="conv1", **kw)(x, train)
-        y = conv_block(self.depthwise)(self.features, 3, 1, name="conv2", **kw)(y, train)
+        y = BaseConv(hidden, 1, 1, s=self.s, name="conv1")(x, train)
+        y = conv_block(self.depthwise)(self.features, 3, 1, s=self.s, name="conv2")(y, train)
         if self.shortcut and x.shape[-1] == self.features:
             y = y + x
         return y
@@ -204,17 +190,33 @@ class Bottleneck(nn.Module):
 class ResLayer(nn.Module):
     """Darknet-53 residual block (LeakyReLU 0.1 throughout, as the official one)."""
 
-    bn_eps: float = 1e-3
-    bn_momentum: float = 0.03
-    dtype: Dtype = jnp.float32
+    s: Settings = Settings(act="lrelu")
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(act="lrelu", bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype)
         c = x.shape[-1]
-        y = BaseConv(c // 2, 1, 1, name="layer1", **kw)(x, train)
-        y = BaseConv(c, 3, 1, name="layer2", **kw)(y, train)
+        y = BaseConv(c // 2, 1, 1, s=self.s, name="layer1")(x, train)
+        y = BaseConv(c, 3, 1, s=self.s, name="layer2")(y, train)
         return x + y
+
+
+def max_pool_same(x: jax.Array, k: int) -> jax.Array:
+    """k x k max pool, stride 1, -inf padding k//2 (the official SPP pool), [B, H, W, C]."""
+    return nn.max_pool(x, window_shape=(k, k), strides=(1, 1), padding="SAME")
+
+
+def spp_pools(x: jax.Array, kernel_sizes: Sequence[int]) -> list[jax.Array]:
+    """The SPP max pools of `x`. Pools of sizes k, 2k-1, 3k-2, ... are computed as a cascade of
+    k x k pools (SPPF): with stride 1 and -inf padding a max over a (2k-1) window *is* the max of
+    k-window maxes, so the result is identical and the backward pass is much cheaper."""
+    pools, prev, k0 = [], x, kernel_sizes[0]
+    for i, k in enumerate(kernel_sizes):
+        if i > 0 and k == kernel_sizes[i - 1] + k0 - 1:
+            prev = max_pool_same(prev, k0)
+        else:
+            prev = max_pool_same(x, k)
+        pools.append(prev)
+    return pools
 
 
 class SPPBottleneck(nn.Module):
@@ -222,21 +224,13 @@ class SPPBottleneck(nn.Module):
 
     features: int
     kernel_sizes: Sequence[int] = (5, 9, 13)
-    act: str = "silu"
-    bn_eps: float = 1e-3
-    bn_momentum: float = 0.03
-    dtype: Dtype = jnp.float32
+    s: Settings = Settings()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(act=self.act, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype)
-        x = BaseConv(x.shape[-1] // 2, 1, 1, name="conv1", **kw)(x, train)
-        pools = [
-            nn.max_pool(x, (k, k), strides=(1, 1), padding=((k // 2, k // 2), (k // 2, k // 2)))
-            for k in self.kernel_sizes
-        ]
-        x = jnp.concatenate([x, *pools], axis=-1)
-        return BaseConv(self.features, 1, 1, name="conv2", **kw)(x, train)
+        x = BaseConv(x.shape[-1] // 2, 1, 1, s=self.s, name="conv1")(x, train)
+        x = jnp.concatenate([x, *spp_pools(x, self.kernel_sizes)], axis=-1)
+        return BaseConv(self.features, 1, 1, s=self.s, name="conv2")(x, train)
 
 
 class CSPLayer(nn.Module):
@@ -247,22 +241,17 @@ class CSPLayer(nn.Module):
     shortcut: bool = True
     expansion: float = 0.5
     depthwise: bool = False
-    act: str = "silu"
-    bn_eps: float = 1e-3
-    bn_momentum: float = 0.03
-    dtype: Dtype = jnp.float32
+    s: Settings = Settings()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(act=self.act, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype)
         hidden = int(self.features * self.expansion)
-        x1 = BaseConv(hidden, 1, 1, name="conv1", **kw)(x, train)
-        x2 = BaseConv(hidden, 1, 1, name="conv2", **kw)(x, train)
+        x1 = BaseConv(hidden, 1, 1, s=self.s, name="conv1")(x, train)
+        x2 = BaseConv(hidden, 1, 1, s=self.s, name="conv2")(x, train)
         for i in range(self.n):
-            x1 = Bottleneck(
-                hidden, self.shortcut, 1.0, self.depthwise, name=f"m.{i}", **kw
-            )(x1, train)
-        return BaseConv(self.features, 1, 1, name="conv3", **kw)(
+            x1 = Bottleneck(hidden, self.shortcut, 1.0, self.depthwise, s=self.s,
+                            name=f"m.{i}")(x1, train)
+        return BaseConv(self.features, 1, 1, s=self.s, name="conv3")(
             jnp.concatenate([x1, x2], axis=-1), train
         )
 
@@ -274,20 +263,14 @@ class Focus(nn.Module):
     features: int
     ksize: int = 1
     stride: int = 1
-    act: str = "silu"
-    bn_eps: float = 1e-3
-    bn_momentum: float = 0.03
-    dtype: Dtype = jnp.float32
+    s: Settings = Settings()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = jnp.concatenate(
             [x[:, ::2, ::2], x[:, 1::2, ::2], x[:, ::2, 1::2], x[:, 1::2, 1::2]], axis=-1
         )
-        return BaseConv(
-            self.features, self.ksize, self.stride, act=self.act, bn_eps=self.bn_eps,
-            bn_momentum=self.bn_momentum, dtype=self.dtype, name="conv",
-        )(x, train)
+        return BaseConv(self.features, self.ksize, self.stride, s=self.s, name="conv")(x, train)
 
 
 def upsample2x(x: jax.Array) -> jax.Array:

@@ -4,33 +4,28 @@ the backbone features into the `intermediates` collection for inspection and par
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from yolox_jax.models.backbones import CSPDarknet, Darknet53
-from yolox_jax.models.layers import BaseConv, CSPLayer, conv_block, upsample2x
+from yolox_jax.models.layers import BaseConv, CSPLayer, Settings, conv_block, upsample2x
 
 
 class PAFPN(nn.Module):
     depth: float = 1.0
     width: float = 1.0
     depthwise: bool = False
-    act: str = "silu"
-    bn_eps: float = 1e-3
-    bn_momentum: float = 0.03
-    dtype: Any = jnp.float32
+    s: Settings = Settings()
     in_channels: tuple[int, int, int] = (256, 512, 1024)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
         """[B, H, W, 3] -> (P3 [B, H/8, W/8, 256w], P4 [.., 512w], P5 [.., 1024w])."""
-        kw = dict(act=self.act, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype)
-        x2, x1, x0 = CSPDarknet(
-            self.depth, self.width, self.depthwise, name="backbone", **kw
-        )(x, train)
+        kw = dict(s=self.s)
+        x2, x1, x0 = CSPDarknet(self.depth, self.width, self.depthwise, name="backbone", **kw)(
+            x, train
+        )
         for name, f in zip(("dark3", "dark4", "dark5"), (x2, x1, x0), strict=True):
             self.sow("intermediates", name, f)
         c0, c1, c2 = (int(c * self.width) for c in self.in_channels)
@@ -59,17 +54,13 @@ class PAFPN(nn.Module):
 class YOLOFPN(nn.Module):
     """The YOLOv3 FPN over Darknet-53: two upsampling branches; dark5 passes through."""
 
-    bn_eps: float = 1e-3
-    bn_momentum: float = 0.03
-    dtype: Any = jnp.float32
+    s: Settings = Settings(act="lrelu")
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
         """[B, H, W, 3] -> (out_dark3 [.., 128], out_dark4 [.., 256], dark5 [.., 512])."""
-        kw = dict(act="lrelu", bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype)
-        x2, x1, x0 = Darknet53(self.bn_eps, self.bn_momentum, self.dtype, name="backbone")(
-            x, train
-        )
+        kw = dict(s=self.s)
+        x2, x1, x0 = Darknet53(self.s, name="backbone")(x, train)
         for name, f in zip(("dark3", "dark4", "dark5"), (x2, x1, x0), strict=True):
             self.sow("intermediates", name, f)
 

@@ -11,6 +11,7 @@ from flax import linen as nn
 
 from yolox_jax.config import as_config
 from yolox_jax.models.head import YOLOXHead, anchor_grid, decode_boxes
+from yolox_jax.models.layers import Settings
 from yolox_jax.models.necks import PAFPN, YOLOFPN
 
 
@@ -38,6 +39,7 @@ class YOLOX(nn.Module):
     bn_eps: float = 1e-3
     bn_momentum: float = 0.03
     dtype: Any = jnp.float32
+    kernels: str = "auto"  # see layers.Settings: "auto" | "cpu" | "xla"
 
     @nn.compact
     def __call__(
@@ -54,23 +56,21 @@ class YOLOX(nn.Module):
                 f"image height and width must be multiples of 32, got {images.shape[1:3]}"
             )
         bn_train = train if use_running_average is None else not use_running_average
-        kw = dict(bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype)
+        s = Settings(self.act, self.bn_eps, self.bn_momentum, self.dtype, self.kernels)
         x = images.astype(self.dtype)
         if self.arch == "darknet53":
-            feats = YOLOFPN(name="backbone", **kw)(x, bn_train)
-            head_width, head_act = 1.0, "lrelu"
+            s = s.replace(act="lrelu")  # hard-coded in the official yolov3 exp
+            feats = YOLOFPN(s, name="backbone")(x, bn_train)
+            head_width = 1.0
         elif self.arch == "cspdarknet":
-            feats = PAFPN(
-                self.depth, self.width, self.depthwise, self.act, name="backbone", **kw
-            )(x, bn_train)
-            head_width, head_act = self.width, self.act
+            feats = PAFPN(self.depth, self.width, self.depthwise, s, name="backbone")(x, bn_train)
+            head_width = self.width
         else:
             raise ValueError(f"unknown arch {self.arch!r}; expected 'cspdarknet' or 'darknet53'")
         for i, f in enumerate(feats):
             self.sow("intermediates", f"fpn_{i}", f)
         raw, hw = YOLOXHead(
-            self.num_classes, head_width, head_act, self.depthwise, self.prior_prob,
-            name="head", **kw,
+            self.num_classes, head_width, self.depthwise, self.prior_prob, s, name="head"
         )(feats, bn_train)
         grid, strides = anchor_grid(hw)
         grid, strides = jnp.asarray(grid), jnp.asarray(strides)
@@ -108,6 +108,7 @@ def build_model(
         bn_eps=float(m.bn_eps),
         bn_momentum=float(m.bn_momentum),
         dtype=jnp.dtype(dt),
+        kernels=str(m.get("kernels", "auto")),
     )
 
 
