@@ -534,6 +534,6 @@ def verify_shards(location: str, *, local_dir: str = "", info_images: ShardImage
             continue
         checked += 1
     if problems:
-        raise ShardError(f"{len(problems)} problems in shard set {location}:\n  "
+        raise ShardError(f"{len(problems)} problem(s) in shard set {location}:\n  "
                          + "\n  ".join(problems[:MAX_EXAMPLES * 4]))
     return {"records": checked, "shards": len(index["shards"])}
