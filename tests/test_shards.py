@@ -432,3 +432,20 @@ def test_one_decoder_for_files_and_bytes(tmp_path):
     np.testing.assert_array_equal(decode_image(data), cv2.imread(str(tmp_path / "g.png")))
     with pytest.raises(Exception, match="record 3 .*cannot be decoded"):
         decode_image(b"\xff\xd8 junk", "record 3")
+
+
+def test_config_keys_choose_the_shard_sets(coco_small):
+    """`data.train_shards` / `data.val_shards` replace the folder layout in the trainer's and the
+    evaluator's dataset choice (what `train.py --config.data.train_shards=...` uses)."""
+    from yolox_jax.eval.evaluator import read_config_dataset
+    from yolox_jax.train.trainer import read_train_records
+
+    info, loc = coco_small
+    config = variant_config("yolox_nano")
+    config.data.update(train_shards=loc, val_shards=f"file://{loc}", data_dir="/nonexistent")
+    for got in (read_train_records(config), read_config_dataset(config)):
+        assert isinstance(got.images, shards.ShardImages) and got.format == "coco"
+        _same_records(got, info)
+    config.data.update(train_shards="", val_shards="")
+    with pytest.raises(Exception, match="nonexistent"):
+        read_train_records(config)
