@@ -449,3 +449,12 @@ def test_config_keys_choose_the_shard_sets(coco_small):
     config.data.update(train_shards="", val_shards="")
     with pytest.raises(Exception, match="nonexistent"):
         read_train_records(config)
+
+
+def test_paths_join_keeps_urls_and_absolute_parts():
+    assert paths.join("gs://b/coco", "annotations", "x.json") == "gs://b/coco/annotations/x.json"
+    assert paths.join("gs://b/coco", "gs://c/x.json") == "gs://c/x.json"  # as os.path.join
+    assert paths.join("gs://b/coco", "/local/x.json") == "/local/x.json"
+    assert paths.join("/data", "file:///other/x") == "file:///other/x"
+    assert paths.local("file:///data/x") == "/data/x" and not paths.is_url("file:///data/x")
+    assert paths.is_url("s3://b/x") and not paths.is_url("/data/x")

@@ -48,12 +48,18 @@ def epath(path: PathLike) -> Any:
         ) from e
 
 
-def join(base: PathLike, *parts: str) -> str:
-    """`os.path.join` that keeps URLs URLs (`gs://b/x` + `y` -> `gs://b/x/y`)."""
-    s = os.fspath(base)
-    if is_url(s):
-        return "/".join([s.rstrip("/"), *(p.strip("/") for p in parts)])
-    return os.path.join(s, *parts)
+def join(base: PathLike, *parts: str | os.PathLike) -> str:
+    """`os.path.join` that keeps URLs URLs (`gs://b/x` + `y` -> `gs://b/x/y`); as there, a part
+    that is absolute (`/a`, `file://...`, `gs://...`) starts the path anew."""
+    out = os.fspath(base)
+    for part in map(os.fspath, parts):
+        if _URL.match(part) or part.startswith("/"):
+            out = part
+        elif is_url(out):
+            out = out.rstrip("/") + "/" + part if part else out.rstrip("/") + "/"
+        else:
+            out = os.path.join(out, part)
+    return out
 
 
 def isfile(path: PathLike) -> bool:

@@ -274,7 +274,7 @@ def _stage(location: str, files: Sequence[dict[str, Any]], local_dir: str) -> st
         target = os.path.join(dest, s["file"])
         marker = target + ".sha256"
         if (os.path.isfile(target) and os.path.getsize(target) == int(s["bytes"])
-                and os.path.isfile(marker) and open(marker).read().strip() == s["sha256"]):
+                and os.path.isfile(marker) and paths.read_text(marker).strip() == s["sha256"]):
             continue
         src = paths.join(location, s["file"])
         log.info("copying shard %s to %s", src, target)
