@@ -3,6 +3,7 @@
     python evaluate.py -c yolox_nano.pth --data-dir COCO --ann annotations/instances_val2017.json
     python evaluate.py -c my_export/ --data-dir VOCdevkit/VOC2007 --voc-split test
     python evaluate.py -c workdir/ --config configs/yolox_s.py      # the config's data section
+    python evaluate.py -c yolox_nano.pth --shards gs://bucket/coco/val2017  # a packed shard set
 
 Defaults are the official evaluation's: ValTransform at the config's test size, conf 0.001, NMS
 0.65 class-aware, every anchor into NMS and every detection kept (`--pre-nms-topk 0
@@ -32,6 +33,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", "-c", required=True,
                    help="exported folder, training workdir, or official .pth")
     p.add_argument("--data-dir", default=None, help="dataset root; default: config data.data_dir")
+    p.add_argument("--shards", default=None,
+                   help="a packed shard set (folder or URL, python -m yolox_jax.data.pack) "
+                        "instead of --data-dir; default: config data.val_shards")
     p.add_argument("--ann", default=None,
                    help="COCO json relative to --data-dir (or its annotations/); omitted: VOC")
     p.add_argument("--images", default=None,
@@ -77,6 +81,10 @@ def read_dataset(args: argparse.Namespace, config: Any):
     from yolox_jax.eval.evaluator import read_config_dataset
 
     names = tuple(n.strip() for n in args.class_names.split(",")) if args.class_names else None
+    if args.shards:
+        from yolox_jax.data.shards import open_shards
+
+        return open_shards(args.shards, local_dir=config.data.get("shards_local_dir", ""))
     if args.ann is not None:
         return readers.read_coco(args.data_dir or config.data.data_dir, args.ann, args.images)
     if args.data_dir is not None:

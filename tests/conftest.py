@@ -30,3 +30,20 @@ def need_shared(relpath: str) -> Path:
 @pytest.fixture
 def shared_data() -> Path:
     return need_shared("data")
+
+
+@pytest.fixture(scope="session")
+def nano_coco_subset_stats() -> dict:
+    """Official YOLOX-Nano weights at 416 on the COCO subset, one process, the official
+    COCOEvaluator settings (conf 0.001, NMS 0.65, every anchor into NMS, batch 8): the stats.
+    Computed once per session (~25 s on 2 cores) for the parity and sharded-evaluation tests."""
+    from yolox_jax.data.readers import read_coco
+    from yolox_jax.eval.evaluator import evaluate_dataset
+    from yolox_jax.inference import Predictor
+    from yolox_jax.weights.checkpoint import load_checkpoint
+
+    model, variables, _ = load_checkpoint(need_shared("data/weights/yolox_nano.pth"))
+    info = read_coco(need_shared("data/coco_subset"), "annotations/instances_val2017_subset.json")
+    predictor = Predictor(model, variables, input_size=(416, 416), conf=0.001, nms=0.65,
+                          pre_nms_topk=None, max_det=None, batch_buckets=(8,))
+    return evaluate_dataset(predictor, info, batch_size=8, progress=False).stats

@@ -379,18 +379,12 @@ def test_evaluator_matches_the_predictor_and_multi_process_split(tiny):
 
 
 @pytest.mark.slow
-def test_official_nano_numbers_on_the_coco_subset():
+def test_official_nano_numbers_on_the_coco_subset(nano_coco_subset_stats):
     """The official COCOEvaluator numbers (fixtures/eval): conf 0.001, NMS 0.65, 416, every
-    anchor into NMS. ~25 s on 2 CPU cores."""
-    from yolox_jax.weights.checkpoint import load_checkpoint
-
+    anchor into NMS (the evaluation is conftest's `nano_coco_subset_stats`, ~25 s on 2 cores)."""
     fixture = json.loads(need_shared("fixtures/eval/yolox_nano_coco_subset.json").read_text())
     official = fixture["primary"]
-    model, variables, _ = load_checkpoint(need_shared("data/weights/yolox_nano.pth"))
-    info = read_coco(need_shared("data/coco_subset"), "annotations/instances_val2017_subset.json")
-    predictor = Predictor(model, variables, input_size=(416, 416), conf=0.001, nms=0.65,
-                          pre_nms_topk=None, max_det=None, batch_buckets=(8,))
-    stats = evaluate_dataset(predictor, info, batch_size=8, progress=False).stats
+    stats = nano_coco_subset_stats
     assert stats["num_detections"] == official["num_detections"] == 32574
     for key, want in zip(STAT_KEYS, official["stats"], strict=True):
         assert abs(stats[key] - want) < 1e-3, (key, stats[key], want)

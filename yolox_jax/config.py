@@ -80,6 +80,11 @@ def base_config() -> ml_collections.ConfigDict:
             val_images="val2017",
             voc_train_split="trainval",
             voc_val_split="test",
+            # Packed ArrayRecord shard sets (`python -m yolox_jax.data.pack`), local paths or
+            # URLs (gs://...): when set, they replace the folder layout above for that split.
+            train_shards="",
+            val_shards="",
+            shards_local_dir="",  # copy remote sets here first ("": gs:// read in place)
             class_names=(),  # empty: COCO names (or the VOC/json categories)
             input_size=(640, 640),  # (height, width)
             test_size=(640, 640),

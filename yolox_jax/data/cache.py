@@ -18,6 +18,11 @@ as one `.npy` per image on disk. `ImageStore` does the same with three modes:
 
 A source that cannot be decoded raises `UnreadableImageError` at load time (the pipeline then
 substitutes another record); in the cache it is recorded as such and retried when it changes.
+
+Sources: image files by path (`FileImages`, the folder layout), or any image source with the same
+four methods, e.g. the records of a packed shard set (`data.shards.ShardImages`): `read(i)`
+decodes image i, `key(i)` names it (cache entries are keyed on it), `stat(i)` changes when it
+changes (files: size and mtime; shards: the shard's size and sha256) and `len()`.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 MODES = ("", "ram", "disk")
-__all__ = ["ImageStore", "UnreadableImageError", "load_resized", "read_image"]
+__all__ = ["FileImages", "ImageStore", "UnreadableImageError", "load_resized", "read_image"]
 
 
 def load_resized(
@@ -55,9 +60,37 @@ def load_resized(
 
     -> ([h', w', 3] BGR uint8, (h, w) of the decoded source image).
     """
-    img = read_image(path)
+    return _fit(read_image(path), input_size)
+
+
+def _fit(img: np.ndarray, input_size: Sequence[int]) -> tuple[np.ndarray, tuple[int, int]]:
     resized, _ = resize_fit(img, input_size)
     return np.ascontiguousarray(resized), (int(img.shape[0]), int(img.shape[1]))
+
+
+class FileImages:
+    """Image files by path: the folder layout as an image source (see the module docstring)."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
+        self.paths = [_abs(os.fspath(p)) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def key(self, i: int) -> str:
+        return self.paths[i]
+
+    def stat(self, i: int) -> tuple[int, int] | None:
+        return _source_stat(self.paths[i])
+
+    def read(self, i: int) -> np.ndarray:
+        return read_image(self.paths[i])
+
+
+def _abs(path: str) -> str:
+    from yolox_jax.data import paths
+
+    return path if paths.is_url(path) else os.path.abspath(paths.local(path))
 
 
 def _checksum(img: np.ndarray) -> int:
@@ -65,9 +98,13 @@ def _checksum(img: np.ndarray) -> int:
 
 
 def _source_stat(path: str) -> tuple[int, int] | None:
+    from yolox_jax.data import paths
+
     try:
+        if paths.is_url(path):
+            return paths.size(path), 0
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):
         return None
     return int(st.st_size), int(st.st_mtime_ns)
 
@@ -100,22 +137,30 @@ def default_cache_dir() -> Path:
 class ImageStore:
     """Index -> decoded image resized to fit `input_size`, from the sources or a cache.
 
-    Picklable (grain ships it to its worker processes): it holds paths and the small manifest,
-    never pixels. Only the instance that created a RAM cache deletes it (`close()`).
+    `paths`: image files; or `images`: any image source (module docstring), paths then None.
+    Picklable (grain ships it to its worker processes): it holds paths (or the source) and the
+    small manifest, never pixels. Only the instance that created a RAM cache deletes it.
     """
 
     def __init__(
         self,
-        paths: Sequence[str | os.PathLike],
+        paths: Sequence[str | os.PathLike] | None,
         input_size: Sequence[int],
         mode: str = "",
         cache_dir: str | os.PathLike = "",
         num_threads: int | None = None,
         source_hw: Sequence[tuple[int, int]] | None = None,
+        images: Any = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"data.cache must be one of {MODES}, got {mode!r}")
-        self.paths = [os.path.abspath(os.fspath(p)) for p in paths]
+        if (paths is None) == (images is None):
+            raise ValueError("ImageStore takes either image paths or an image source")
+        self.images = images if images is not None else FileImages(paths)
+        self.paths = [self.images.key(i) for i in range(len(self.images))]  # cache keys
+        self._first = {}  # key -> first index (the folder layout may list a file twice)
+        for i, k in enumerate(self.paths):
+            self._first.setdefault(k, i)
         if source_hw is not None and len(source_hw) != len(self.paths):
             raise ValueError(f"{len(source_hw)} source sizes for {len(self.paths)} images")
         self.source_hw = None if source_hw is None else [tuple(map(int, s)) for s in source_hw]
@@ -148,11 +193,11 @@ class ImageStore:
         if not shm.is_dir():
             log.warning("data.cache='ram': /dev/shm is absent; training without an image cache")
             return None
-        sample = self.paths[:: max(1, len(self.paths) // 32)][:32]
+        sample = range(0, len(self.paths), max(1, len(self.paths) // 32))[:32]
         nbytes = []
-        for p in sample:
+        for i in sample:
             try:
-                nbytes.append(load_resized(p, self.input_size)[0].nbytes)
+                nbytes.append(self._decode(i)[0].nbytes)
             except UnreadableImageError:
                 continue
         need = (np.mean(nbytes) if nbytes else 0.0) * len(self.paths)
@@ -193,10 +238,21 @@ class ImageStore:
         tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
         os.replace(tmp, path)
 
+    def _decode(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """Official `load_resized_img` of image `index`: decode, resize to fit."""
+        return _fit(self.images.read(index), self.input_size)
+
+    def _stat(self, source: str) -> tuple[int, int] | None:
+        try:
+            st = self.images.stat(self._first[source])
+        except (OSError, ValueError):
+            return None
+        return None if st is None else (int(st[0]), int(st[1]))
+
     def _valid(self, source: str, entry: dict[str, Any] | None) -> bool:
         """Cheap staleness check: source size/mtime unchanged and the file has the right size."""
         assert self.root is not None
-        if not entry or _source_stat(source) != (entry.get("size"), entry.get("mtime_ns")):
+        if not entry or self._stat(source) != (entry.get("size"), entry.get("mtime_ns")):
             return False
         if "error" in entry:
             return True  # still the same unreadable file
@@ -207,10 +263,10 @@ class ImageStore:
 
     def _make_entry(self, source: str) -> dict[str, Any]:
         assert self.root is not None
-        stat = _source_stat(source)
+        stat = self._stat(source)
         size, mtime = stat if stat is not None else (None, None)
         try:
-            img, hw = load_resized(source, self.input_size)
+            img, hw = self._decode(self._first[source])
         except UnreadableImageError as e:
             return {"size": size, "mtime_ns": mtime, "error": str(e)}
         name = _entry_name(source)
@@ -252,12 +308,12 @@ class ImageStore:
         """
         source = self.paths[index]
         if self.mode == "" or self.root is None:
-            img, hw = load_resized(source, self.input_size)
+            img, hw = self._decode(index)
             return img, hw, False
         entry = self.entries.get(source)
         if entry is None or "error" in entry:
             # Unknown (not built) or unreadable at build time: the source decides now.
-            img, hw = load_resized(source, self.input_size)
+            img, hw = self._decode(index)
             return img, hw, False
         try:
             img = np.load(self.root / entry["file"], allow_pickle=False)
@@ -270,7 +326,7 @@ class ImageStore:
             ok = False
         if ok:
             return img, (int(entry["source_hw"][0]), int(entry["source_hw"][1])), False
-        img, hw = load_resized(source, self.input_size)
+        img, hw = self._decode(index)
         if list(img.shape) == list(entry["shape"]) and _checksum(img) == entry["crc32"]:
             _atomic_save(self.root / entry["file"], img)  # same bytes as the manifest records
         return img, hw, True

@@ -26,9 +26,10 @@ up with the first positions of the same permutation (a second pass, with its own
 so every batch is full (one compiled shape) and the iteration count and learning-rate schedule
 match the official. Nothing is dropped.
 
-Bad data never stops an epoch: a record whose image cannot be decoded (missing, corrupt) is
-replaced, wherever it is loaded (as the sample itself, a mosaic tile or a mixup partner), by the
-next readable record (r + 1, r + 2, ... mod N), deterministically, and counted; more than
+Bad data never stops an epoch: a record whose image cannot be decoded (missing, corrupt; from
+a shard set also a record that does not parse or disagrees with the index) is replaced,
+wherever it is loaded (as the sample itself, a mosaic tile or a mixup partner), by the next
+readable record (r + 1, r + 2, ... mod N), deterministically, and counted; more than
 `max_labels` boxes keep the largest ones, counted. `Batch.stats` and `TrainLoader.summary(epoch)`
 report these per batch / per epoch (for this process's rows); the summary is logged at the end
 of every epoch.
@@ -320,7 +321,9 @@ class TrainLoader:
 
     `records`: the readers' records (fields image_path, width, height, boxes [K, 4] xyxy,
     classes [K], ignore [K]). `data_cfg` is `config.data`. `global_batch_size` (G) must be a
-    multiple of `process_count`.
+    multiple of `process_count`. `images`: where the pixels are when not in the `image_path`
+    files (a DatasetInfo's `images`, e.g. the records of a packed shard set: the same samples,
+    bit for bit, as the files they were packed from).
     """
 
     def __init__(
@@ -337,6 +340,7 @@ class TrainLoader:
         input_size: Sequence[int] | None = None,
         cv2_threads: int | None = None,
         read_threads: int = 1,
+        images: Any = None,
     ) -> None:
         if process_index is None or process_count is None:
             import jax
@@ -391,7 +395,10 @@ class TrainLoader:
         self.fingerprint = _fingerprint(paths, self._boxes)
         cache_mode = str(data_cfg.get("cache", "") or "")
         cache_dir = str(data_cfg.get("cache_dir", "") or "")
-        self.store = ImageStore(paths, size, cache_mode, cache_dir, source_hw=sizes)
+        if images is not None and len(images) != len(paths):
+            raise ValueError(f"{len(images)} images for {len(paths)} training records")
+        self.store = ImageStore(None if images is not None else paths, size, cache_mode,
+                                cache_dir, source_hw=sizes, images=images)
         self._summaries: dict[int, dict[str, Any]] = {}
         self._iter: Any = None
         self._next_flat: int | None = None

@@ -16,6 +16,9 @@ clipped, nothing dropped); unknown class names are an error (the official raises
 training targets; False flags them `ignore`. They stay in the record either way, because the VOC
 metric needs them.
 
+Files may be local paths, `file://` or object-storage URLs (`gs://...`, read through
+`yolox_jax.data.paths` / etils.epath); records then name their images by URL too.
+
 Bad input, case by case (the message always names the file):
 
 * `DatasetError` (a ValueError): missing or malformed annotation file (json / xml), missing
@@ -44,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from yolox_jax.data import paths
 from yolox_jax.data.classes import VOC_CLASSES
 
 log = logging.getLogger(__name__)
@@ -109,6 +113,9 @@ class DatasetInfo:
     source: str  # the COCO json path, or the VOC split file
     warnings: ReadWarnings
     stats: dict[str, int]
+    # Where the pixels are when not in the `image_path` files: a packed shard set's image source
+    # (`yolox_jax.data.shards.ShardImages`); None: read `image_path`.
+    images: Any = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -130,7 +137,7 @@ def _report(info: DatasetInfo) -> DatasetInfo:
 
 
 def _check_images(records: Sequence[ImageRecord], source: str) -> None:
-    missing = [r.image_path for r in records if not os.path.isfile(r.image_path)]
+    missing = [r.image_path for r in records if not paths.isfile(r.image_path)]
     if missing:
         raise DatasetError(
             f"{len(missing)} of {len(records)} image files named by {source} do not exist, e.g. "
@@ -148,10 +155,10 @@ def _resolve_coco_paths(
     data_dir: str | os.PathLike, ann_file: str | os.PathLike, image_dir: str | os.PathLike | None
 ) -> tuple[str, str]:
     data_dir, ann_file = os.fspath(data_dir), os.fspath(ann_file)
-    if image_dir is None and os.path.isfile(data_dir):  # the (ann_path, image_dir) form
+    if image_dir is None and paths.isfile(data_dir):  # the (ann_path, image_dir) form
         return data_dir, ann_file
-    tried = [os.path.join(data_dir, ann_file), os.path.join(data_dir, "annotations", ann_file)]
-    ann_path = next((p for p in tried if os.path.isfile(p)), None)
+    tried = [paths.join(data_dir, ann_file), paths.join(data_dir, "annotations", ann_file)]
+    ann_path = next((p for p in tried if paths.isfile(p)), None)
     if ann_path is None:
         raise DatasetError(
             "COCO annotation file not found; tried " + ", ".join(repr(p) for p in tried)
@@ -164,16 +171,15 @@ def _resolve_coco_paths(
                 "name); pass image_dir"
             )
         image_dir = split
-    return ann_path, os.path.join(data_dir, os.fspath(image_dir))
+    return ann_path, paths.join(data_dir, os.fspath(image_dir))
 
 
 def _load_json(path: str) -> Any:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(paths.read_text(path))
     except json.JSONDecodeError as e:
         raise DatasetError(f"malformed COCO json {path!r}: {e}") from e
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise DatasetError(f"cannot read COCO json {path!r}: {e}") from e
 
 
@@ -293,7 +299,7 @@ def read_coco(
         num_boxes += k
         num_crowd += sum(crowd)
         records.append(ImageRecord(
-            image_path=os.path.join(img_root, file_name),
+            image_path=paths.join(img_root, file_name),
             image_id=iid,
             height=int(height),
             width=int(width),
@@ -341,7 +347,7 @@ def read_voc_xml(
     <difficult> is False, as there.
     """
     try:
-        root = ET.parse(path).getroot()
+        root = ET.fromstring(paths.read_bytes(path))
     except ET.ParseError as e:
         raise DatasetError(f"malformed VOC xml {path!r}: {e}") from e
     except OSError as e:
@@ -399,14 +405,13 @@ def read_voc(
     module docstring.
     """
     root = os.fspath(voc_root)
-    split_file = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
-    if not os.path.isfile(split_file):
+    split_file = paths.join(root, "ImageSets", "Main", f"{split}.txt")
+    if not paths.isfile(split_file):
         raise DatasetError(
             f"VOC split file {split_file!r} not found (expected {root}/Annotations, JPEGImages "
             "and ImageSets/Main/<split>.txt; for VOCdevkit pass VOCdevkit/VOC2007)"
         )
-    with open(split_file, encoding="utf-8") as f:
-        ids = [line.strip() for line in f if line.strip()]
+    ids = [line.strip() for line in paths.read_text(split_file).splitlines() if line.strip()]
     if not ids:
         raise DatasetError(f"VOC split file {split_file!r} lists no images")
     names = tuple(str(n) for n in (class_names if class_names else VOC_CLASSES))
@@ -416,14 +421,14 @@ def read_voc(
     warn = ReadWarnings()
     records, num_boxes, num_difficult = [], 0, 0
     for stem in ids:
-        xml_path = os.path.join(root, "Annotations", f"{stem}.xml")
-        if not os.path.isfile(xml_path):
+        xml_path = paths.join(root, "Annotations", f"{stem}.xml")
+        if not paths.isfile(xml_path):
             raise DatasetError(f"VOC annotation {xml_path!r} (listed in {split_file}) not found")
         (height, width), boxes, classes, difficult = read_voc_xml(xml_path, class_to_index, warn)
         num_boxes += len(boxes)
         num_difficult += int(difficult.sum())
         records.append(ImageRecord(
-            image_path=os.path.join(root, "JPEGImages", f"{stem}.jpg"),
+            image_path=paths.join(root, "JPEGImages", f"{stem}.jpg"),
             image_id=stem,
             height=height,
             width=width,

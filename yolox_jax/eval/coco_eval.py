@@ -27,11 +27,18 @@ STAT_KEYS: tuple[str, ...] = (
 
 
 def load_coco_gt(ann: Any) -> Any:
-    """A pycocotools COCO from a json path, a parsed json dict, or a COCO (returned as is)."""
+    """A pycocotools COCO from a json path (or URL), a parsed json dict, or a COCO (as is)."""
     from pycocotools.coco import COCO
 
     if isinstance(ann, COCO):
         return ann
+    if isinstance(ann, (str, os.PathLike)):
+        from yolox_jax.data import paths
+
+        if paths.is_url(ann) or os.fspath(ann).startswith("file://"):  # gs://, file://, ...
+            import json
+
+            ann = json.loads(paths.read_text(ann))
     with contextlib.redirect_stdout(io.StringIO()):
         if isinstance(ann, (str, os.PathLike)):
             return COCO(os.fspath(ann))

@@ -9,13 +9,17 @@ batch i + 1 runs in the predictor's threads while batch i is on the device.
 
 Multi-device / multi-host: the predictor shards each batch over the process's local devices.
 With several processes each one predicts the images `process_index::process_count` of the
-record list; the detections are packed into padded arrays and every process receives all of
-them (`multihost_utils.process_allgather`), so every process computes the same statistics (no
-extra broadcast; the trainer keeps process 0's).
+record list (read from the image files, or from a packed shard set's records when the dataset
+has `images`); the detections are packed into padded arrays and gathered
+(`multihost_utils.process_allgather`: every process holds all of them afterwards), process 0
+alone scores them (pycocotools / the VOC metric) and sends the statistics to the others, so
+every process returns the same numbers.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import time
 import warnings
@@ -44,22 +48,27 @@ class EvalResult:
 
 
 # ------------------------------------------------------------------------------ prediction
+def _prepare(predictor: Predictor, item: Any) -> Any:
+    return predictor.preprocess(item() if callable(item) else item)
+
+
 def predict_paths(
     predictor: Predictor,
-    paths: Sequence[str],
+    paths: Sequence[Any],
     batch_size: int = 8,
     progress: bool = True,
     split_timing: bool = False,
     desc: str = "eval",
 ) -> tuple[list[ImageDetections], dict[str, float]]:
-    """Images (paths) -> (detections in order, timing). Batches of at most `batch_size`
-    (capped at the predictor's largest bucket)."""
+    """Images -> (detections in order, timing). Items are paths, BGR arrays, or zero-argument
+    callables returning one (lazy reads, e.g. from shards), read in the predictor's threads.
+    Batches of at most `batch_size` (capped at the predictor's largest bucket)."""
     from tqdm import tqdm
 
     bs = max(1, min(int(batch_size), predictor.buckets[-1]))
     batches = [list(paths[i:i + bs]) for i in range(0, len(paths), bs)]
     pool = predictor.pool
-    submit = lambda batch: [pool.submit(predictor.preprocess, p) for p in batch]
+    submit = lambda batch: [pool.submit(_prepare, predictor, p) for p in batch]
     results: list[ImageDetections] = []
     device_s = wall_s = 0.0
     timed_images = timed_full = compiled = 0
@@ -193,6 +202,42 @@ def gather_detections(
 
 
 # ------------------------------------------------------------------------------ evaluation
+def share_from_process0(obj: Any, process_index: int,
+                        gather_fn: Callable[[Any], Any] | None = None) -> Any:
+    """A json-able object computed on process 0 -> the same object on every process (two
+    allgathers: the byte count, then the bytes padded to it)."""
+    if gather_fn is None:
+        from jax.experimental.multihost_utils import process_allgather as gather_fn
+    payload = json.dumps(obj, default=_json_default).encode() if process_index == 0 else b""
+    sizes = np.asarray(gather_fn(np.array([len(payload)], np.int32))).reshape(-1)
+    buf = np.zeros(int(sizes.max()), np.uint8)
+    buf[: len(payload)] = np.frombuffer(payload, np.uint8)
+    rows = np.asarray(gather_fn(buf)).reshape(len(sizes), -1)
+    return json.loads(rows[0, : int(sizes[0])].tobytes())
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    raise TypeError(f"cannot send {type(v).__name__} to the other processes")
+
+
+def _image_items(info: DatasetInfo, indices: Sequence[int]) -> list[Any]:
+    """What `predict_paths` reads for each record: its file, or a lazy read of its record."""
+    images = info.images
+    if images is None:
+        return [info.records[i].image_path for i in indices]
+    resize = getattr(images, "index", {}).get("resize")
+    if resize:
+        raise ValueError(
+            f"{info.source}: this shard set was packed with --resize {resize} (a training set); "
+            "evaluation needs the original pixels: pack the validation split without --resize"
+        )
+    return [functools.partial(images.read, int(i)) for i in indices]
+
+
 def evaluate_dataset(
     predictor: Predictor,
     info: DatasetInfo,
@@ -209,8 +254,11 @@ def evaluate_dataset(
     """Predict every record of `info` and score the detections (COCOeval for COCO, the official
     VOC mAP for VOC). stats: the metric numbers, `num_images`, timing (see the module docstring).
 
-    coco_gt: a pycocotools COCO to reuse (default: loaded from `info.source`); use_07_metric: VOC
-    only. COCO is scored on the records' images only (all of the json's by default).
+    Images come from the records' files, or from `info.images` (a packed shard set). With
+    several processes each predicts its slice with its local devices, process 0 scores and
+    every process returns process 0's stats; detections: all of them, on every process.
+    coco_gt: a pycocotools COCO to reuse (default: loaded from `info.source`, on process 0
+    only); use_07_metric: VOC only. COCO is scored on the records' images only.
     """
     from yolox_jax.eval.coco_eval import evaluate_coco, load_coco_gt, to_coco_results
     from yolox_jax.eval.voc_eval import evaluate_voc
@@ -222,11 +270,13 @@ def evaluate_dataset(
             f"Predictor with num_classes={len(info.class_names)} (a model with at least that "
             "many outputs)"
         )
+    if info.format not in ("coco", "voc"):
+        raise ValueError(f"unknown dataset format {info.format!r}; expected 'coco' or 'voc'")
     pi = jax.process_index() if process_index is None else int(process_index)
     pc = jax.process_count() if process_count is None else int(process_count)
     indices = np.arange(pi, len(info.records), pc)
-    paths = [info.records[i].image_path for i in indices]
-    dets, timing = predict_paths(predictor, paths, batch_size, progress and pi == 0,
+    items = _image_items(info, indices)
+    dets, timing = predict_paths(predictor, items, batch_size, progress and pi == 0,
                                  split_timing, desc=f"eval {info.format}")
     if pc > 1:
         packed = gather_detections(pack_detections(dets, indices), gather_fn)
@@ -242,15 +292,18 @@ def evaluate_dataset(
             means = dict(zip(keys, np.nanmean(allt, axis=0).tolist(), strict=True))
         timing = dict(zip(keys, np.nansum(allt, axis=0).tolist(), strict=True))
         timing.update({k: means[k] for k in ("inference_ms", "forward_ms", "nms_ms")})
-    if info.format == "coco":
-        gt = load_coco_gt(coco_gt if coco_gt is not None else info.source)
-        results = to_coco_results(dets, [r.image_id for r in info.records], info.category_ids)
-        stats = evaluate_coco(gt, results, info.class_names,
-                              image_ids=[r.image_id for r in info.records])
-    elif info.format == "voc":
-        stats = evaluate_voc(dets, info.records, info.class_names, use_07_metric)
-    else:
-        raise ValueError(f"unknown dataset format {info.format!r}; expected 'coco' or 'voc'")
+    stats: dict[str, Any] = {}
+    if pi == 0:
+        if info.format == "coco":
+            gt = load_coco_gt(coco_gt if coco_gt is not None else info.source)
+            results = to_coco_results(dets, [r.image_id for r in info.records],
+                                      info.category_ids)
+            stats = evaluate_coco(gt, results, info.class_names,
+                                  image_ids=[r.image_id for r in info.records])
+        else:
+            stats = evaluate_voc(dets, info.records, info.class_names, use_07_metric)
+    if pc > 1:
+        stats = share_from_process0(stats, pi, gather_fn)
     stats["num_images"] = len(info.records)
     stats.update({k: v for k, v in timing.items() if k in (
         "inference_ms", "forward_ms", "nms_ms", "images_per_s", "compiled_batches")
@@ -259,11 +312,17 @@ def evaluate_dataset(
 
 
 def read_config_dataset(config: Any, **overrides: Any) -> DatasetInfo:
-    """The evaluation split named by `config.data`: COCO `data_dir` + `val_ann` (under
-    `annotations/`) + `val_images`; VOC `data_dir` + `voc_val_split` + `class_names`."""
+    """The evaluation split named by `config.data`: a packed shard set `val_shards` (any
+    path or URL) if set; else COCO `data_dir` + `val_ann` (under `annotations/`) +
+    `val_images`; VOC `data_dir` + `voc_val_split` + `class_names`."""
     from yolox_jax.data import readers
 
     d = config.data
+    shards_at = overrides.get("shards", d.get("val_shards", ""))
+    if shards_at:
+        from yolox_jax.data.shards import open_shards
+
+        return open_shards(shards_at, local_dir=d.get("shards_local_dir", ""))
     fmt = overrides.get("format", d.format)
     data_dir = overrides.get("data_dir", d.data_dir)
     if fmt == "coco":
@@ -301,11 +360,11 @@ def evaluate_config_dataset(
     t = config.test
     d = config.data
     data_key = (d.format, d.data_dir, d.val_ann, d.val_images, d.voc_val_split,
-                tuple(d.class_names))
+                tuple(d.class_names), d.get("val_shards", ""))
     if _CACHE.get("data_key") != data_key:
         info = read_config_dataset(config)
         gt = None
-        if info.format == "coco":
+        if info.format == "coco" and jax.process_index() == 0:  # only process 0 scores
             from yolox_jax.eval.coco_eval import load_coco_gt
 
             gt = load_coco_gt(info.source)

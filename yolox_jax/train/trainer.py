@@ -44,11 +44,15 @@ def setup_runtime(config: ml_collections.ConfigDict) -> None:
 
 
 def read_train_records(config: ml_collections.ConfigDict):
-    """The training split named by `config.data` (COCO `train_ann` / `train_images`, or VOC
-    `voc_train_split`) as a readers.DatasetInfo."""
+    """The training split named by `config.data` (a shard set `train_shards`, COCO
+    `train_ann` / `train_images`, or VOC `voc_train_split`) as a readers.DatasetInfo."""
     from yolox_jax.data import readers
 
     d = config.data
+    if d.get("train_shards", ""):
+        from yolox_jax.data.shards import open_shards
+
+        return open_shards(d.train_shards, local_dir=d.get("shards_local_dir", ""))
     if d.format == "voc":
         return readers.read_voc(d.data_dir, d.voc_train_split, tuple(d.class_names) or None)
     if d.format == "coco":
@@ -184,7 +188,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         records, d, global_batch_size=int(t.batch_size), seed=int(config.seed),
         no_aug_epochs=int(t.no_aug_epochs), max_epoch=int(t.max_epoch),
         num_workers=int(d.num_workers), process_index=jax.process_index(),
-        process_count=jax.process_count(), input_size=tuple(d.input_size),
+        process_count=jax.process_count(), input_size=tuple(d.input_size), images=info.images,
     )
     iters_per_epoch = int(t.iters_per_epoch) or loader.iters_per_epoch
     model = build_model(config)
