@@ -82,6 +82,8 @@ def read_metrics(path: str | os.PathLike) -> tuple[dict, dict]:
 def plot_results(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """`workdir/metrics.jsonl` (or that file itself) -> results.png (default: in the workdir)."""
     plt = require_matplotlib()
+    from matplotlib.ticker import MaxNLocator
+
     src = Path(workdir)
     metrics = src if src.is_file() else src / "metrics.jsonl"
     train, evals = read_metrics(metrics)
@@ -91,6 +93,8 @@ def plot_results(workdir: str | os.PathLike, out: str | os.PathLike | None = Non
     panels = [(k, k if k != "total" else "total loss") for k in LOSS_TERMS] + [("lr", "lr")]
     fig, axes = plt.subplots(2, 4, figsize=(16, 7), constrained_layout=True)
     epochs = list(train)
+    for ax in axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax, (key, title) in zip(axes.flat, panels, strict=False):
         xs = [e for e in epochs if key in train[e]]
         ax.plot(xs, [train[e][key] for e in xs], marker="o", ms=3, lw=1.5)

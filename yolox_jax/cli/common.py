@@ -52,7 +52,9 @@ def _load(path: str, tokens: Sequence[str]) -> ml_collections.ConfigDict:
                                              flag_values=fv, lock_config=True, sys_argv=argv)
     try:
         fv(argv)
-        return holder.value
+        config = holder.value
+        list(config.keys())  # a file that failed to load gives an object raising only now
+        return config
     except flags.IllegalFlagValueError as e:
         raise ConfigError(str(e).replace("flag --", "--", 1)) from None
     except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError) as e:
