@@ -140,7 +140,9 @@ def test_read_split_dispatches_and_checks_classes(tmp_path):
 
 def test_yolo_is_scored_as_coco(tmp_path):
     path = _yolo(tmp_path / "ds", {"a": "1 0.5 0.5 0.25 0.5\n0 0.2 0.2 0.1 0.1\n", "b": ""})
-    view, gt = datasets.for_scoring(read_yolo(path, "train"))
+    from yolox_jax.eval.coco_eval import for_scoring
+
+    view, gt = for_scoring(read_yolo(path, "train"))
     assert view.format == "coco" and [r.image_id for r in view.records] == [0, 1]
     assert gt.getCatIds() == [0, 1] and len(gt.getAnnIds()) == 2
     ann = gt.loadAnns(gt.getAnnIds(imgIds=[0], catIds=[1]))[0]

@@ -157,7 +157,7 @@ def _main(argv: list[str], prog: str) -> int:
         from yolox_jax import plots
 
         plots.require_matplotlib()
-    from yolox_jax.data.datasets import for_scoring
+    from yolox_jax.eval.coco_eval import for_scoring
     from yolox_jax.eval.evaluator import evaluate_dataset
     from yolox_jax.inference import Predictor
     from yolox_jax.weights.checkpoint import load_checkpoint

@@ -48,6 +48,7 @@ def yolo_bridge(config: Any, workdir: str | os.PathLike) -> Iterator[None]:
         return
     from yolox_jax.data import datasets
     from yolox_jax.eval import evaluator
+    from yolox_jax.eval.coco_eval import for_scoring
     from yolox_jax.train import trainer
 
     d = config.data
@@ -57,11 +58,11 @@ def yolo_bridge(config: Any, workdir: str | os.PathLike) -> Iterator[None]:
     def read_val(cfg: Any, **overrides: Any):
         import json
 
-        view, _ = datasets.for_scoring(datasets.read_split(cfg, "val"))
+        view, gt = for_scoring(datasets.read_split(cfg, "val"))
         os.makedirs(workdir, exist_ok=True)
         path = os.path.join(workdir, "yolo_val_coco.json")
         with open(path, "w") as f:
-            json.dump(datasets.coco_ground_truth(view), f)
+            json.dump(gt.dataset, f)
         view.source = path
         return view
 

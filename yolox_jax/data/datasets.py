@@ -4,15 +4,11 @@
 `val_images` under `data_dir`), VOC (`voc_train_split` / `voc_val_split`, `class_names`) or YOLO
 (`yaml`, default `data_dir/data.yaml`; the yaml keys `yolo_train_split` / `yolo_val_split`). The
 CLIs and the preview call it; the trainer and the evaluator will (phase 2 of issue 16).
-
-`for_scoring(info)` gives what the evaluator scores: COCO and VOC as read (COCOeval / the VOC
-metric); YOLO datasets are scored as COCO (pycocotools, the metric YOLO users compare with),
-through a COCO ground truth built in memory from the records.
+YOLO datasets are scored as COCO (`eval.coco_eval.for_scoring`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -84,37 +80,3 @@ def read_yolo_folder(root: str, split: str, class_names: Any) -> readers.Dataset
     if not paths:
         raise readers.DatasetError(f"{folder} has no images")
     return readers.yolo_records(paths, root, tuple(class_names), f"{folder}")
-
-
-def coco_ground_truth(info: readers.DatasetInfo) -> dict[str, Any]:
-    """Records -> a COCO detection json (dict): image ids 0..N-1 in record order, category ids
-    `info.category_ids`, bbox [x, y, w, h] float pixels, iscrowd = the records' ignore flags."""
-    images, anns = [], []
-    for i, r in enumerate(info.records):
-        images.append({"id": i, "file_name": os.path.basename(r.image_path),
-                       "width": int(r.width), "height": int(r.height)})
-        for box, cls, ign in zip(r.boxes, r.classes, r.ignore, strict=True):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            anns.append({"id": len(anns) + 1, "image_id": i,
-                         "category_id": int(info.category_ids[int(cls)]),
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                         "iscrowd": int(bool(ign))})
-    cats = [{"id": int(c), "name": n}
-            for c, n in zip(info.category_ids, info.class_names, strict=True)]
-    return {"images": images, "annotations": anns, "categories": cats}
-
-
-def for_scoring(info: readers.DatasetInfo) -> tuple[readers.DatasetInfo, Any]:
-    """(DatasetInfo the evaluator scores, pycocotools COCO or None).
-
-    COCO / VOC: as read (the evaluator loads the COCO json itself). YOLO: a COCO view (image ids
-    0..N-1) and its ground truth, so `evaluate_dataset(predictor, view, coco_gt=gt)` gives
-    COCOeval numbers.
-    """
-    if info.format != "yolo":
-        return info, None
-    from yolox_jax.eval.coco_eval import load_coco_gt
-
-    records = [dataclasses.replace(r, image_id=i) for i, r in enumerate(info.records)]
-    view = dataclasses.replace(info, records=records, format="coco")
-    return view, load_coco_gt(coco_ground_truth(view))

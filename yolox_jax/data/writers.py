@@ -72,31 +72,46 @@ def _unique_names(records: Sequence[ImageRecord], what: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- COCO
-def write_coco(info: DatasetInfo, out_dir: str | os.PathLike, split: str,
-               link: bool = False) -> tuple[Path, WriteReport]:
-    """-> (the json path, report)."""
-    out = Path(out_dir)
-    report = WriteReport()
-    names = _unique_names(info.records, str(out))
-    cat_ids = info.category_ids if info.format == "coco" else tuple(
-        range(1, len(info.class_names) + 1))
+def coco_json(info: DatasetInfo, file_names: Sequence[str] | None = None,
+              image_ids: Sequence[int] | None = None,
+              category_ids: Sequence[int] | None = None) -> dict:
+    """Records -> a COCO detection json (dict). file_names: default the images' base names;
+    image_ids: default the records' int ids, else 1..N; category_ids: default a COCO source's
+    own, else 1..C. bbox [x1, y1, x2 - x1, y2 - y1], area w * h, iscrowd = ignore."""
+    if file_names is None:
+        file_names = [os.path.basename(r.image_path) for r in info.records]
+    if image_ids is None:
+        image_ids = [r.image_id if isinstance(r.image_id, int) else i + 1
+                     for i, r in enumerate(info.records)]
+    if category_ids is None:
+        category_ids = info.category_ids if info.format == "coco" else tuple(
+            range(1, len(info.class_names) + 1))
     images, anns = [], []
-    for i, (rec, name) in enumerate(zip(info.records, names, strict=True)):
-        iid = rec.image_id if isinstance(rec.image_id, int) else i + 1
+    for rec, name, iid in zip(info.records, file_names, image_ids, strict=True):
         images.append({"id": int(iid), "file_name": name, "width": int(rec.width),
                        "height": int(rec.height)})
         for box, cls, ign in zip(rec.boxes, rec.classes, rec.ignore, strict=True):
             x1, y1, x2, y2 = (float(v) for v in box)
             w, h = x2 - x1, y2 - y1
             anns.append({"id": len(anns) + 1, "image_id": int(iid),
-                         "category_id": int(cat_ids[int(cls)]), "bbox": [x1, y1, w, h],
+                         "category_id": int(category_ids[int(cls)]), "bbox": [x1, y1, w, h],
                          "area": max(w, 0.0) * max(h, 0.0), "iscrowd": int(bool(ign))})
+    cats = [{"id": int(c), "name": n}
+            for c, n in zip(category_ids, info.class_names, strict=True)]
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def write_coco(info: DatasetInfo, out_dir: str | os.PathLike, split: str,
+               link: bool = False) -> tuple[Path, WriteReport]:
+    """-> (the json path, report)."""
+    out = Path(out_dir)
+    report = WriteReport()
+    names = _unique_names(info.records, str(out))
+    data = coco_json(info, names)
+    for rec, name in zip(info.records, names, strict=True):
         _place_image(rec.image_path, out / split / name, link)
         report.images += 1
-    report.boxes = len(anns)
-    data = {"images": images, "annotations": anns,
-            "categories": [{"id": int(c), "name": n}
-                           for c, n in zip(cat_ids, info.class_names, strict=True)]}
+    report.boxes = len(data["annotations"])
     path = out / "annotations" / f"{split}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))

@@ -182,3 +182,28 @@ def coco_pr_curves(
         ap = float(np.mean(p[p > -1])) if (p > -1).any() else float("nan")
         out[name] = (np.asarray(ev.params.recThrs), np.where(p > -1, p, 0.0), ap)
     return out
+
+
+def coco_ground_truth(info: Any) -> dict[str, Any]:
+    """A read dataset (readers.DatasetInfo) -> a COCO detection json (dict) with image ids
+    0..N-1 in record order and category ids `info.category_ids`."""
+    from yolox_jax.data.writers import coco_json
+
+    return coco_json(info, image_ids=range(len(info.records)), category_ids=info.category_ids)
+
+
+def for_scoring(info: Any) -> tuple[Any, Any]:
+    """(DatasetInfo the evaluator scores, pycocotools COCO or None).
+
+    COCO / VOC: as read (the evaluator loads a COCO json itself). YOLO (scored as COCO, the
+    metric YOLO users compare with): a COCO view of the records (image ids 0..N-1) and its
+    ground truth built in memory, so `evaluate_dataset(predictor, view, coco_gt=gt)` gives
+    COCOeval numbers.
+    """
+    import dataclasses
+
+    if info.format != "yolo":
+        return info, None
+    records = [dataclasses.replace(r, image_id=i) for i, r in enumerate(info.records)]
+    view = dataclasses.replace(info, records=records, format="coco")
+    return view, load_coco_gt(coco_ground_truth(view))
