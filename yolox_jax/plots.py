@@ -175,9 +175,10 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str],
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
     ticks = np.arange(len(names))
-    show_names = len(names) <= 40
-    ax.set_xticks(ticks, names if show_names else [""] * len(names), rotation=90)
-    ax.set_yticks(ticks, names if show_names else [""] * len(names))
+    show = names if len(names) <= 100 else [""] * len(names)
+    size = 9 if len(names) <= 30 else 6
+    ax.set_xticks(ticks, show, rotation=90, fontsize=size)
+    ax.set_yticks(ticks, show, fontsize=size)
     if len(names) <= 30:
         for i in range(len(names)):
             for j in range(len(names)):
