@@ -25,6 +25,7 @@ KNOWN = {
 }
 # Private names imported across modules in files another branch owns (phase 2).
 KNOWN_PRIVATE = {
+    # phase 2: trainer.py imports flatten_tree / unflatten_tree instead
     ("yolox_jax.train.trainer", "yolox_jax.weights.convert", "_flat"),
     ("yolox_jax.train.trainer", "yolox_jax.weights.convert", "_unflat"),
 }
