@@ -1,58 +1,15 @@
-"""Convert official YOLOX PyTorch checkpoints to yolox-jax checkpoints, and back. No torch needed.
+"""Convert official YOLOX PyTorch checkpoints to yolox-jax checkpoints, and back (the same
+command as `yolox-jax convert`). No torch needed.
 
     python convert_torch_weights.py yolox_s.pth --output weights/yolox_s [--config CONFIG.py]
     python convert_torch_weights.py weights/yolox_s --output yolox_s_export.pth --reverse
 
-The `.pth` is read by a restricted unpickler that rebuilds tensors and nothing else, so a
-malicious file cannot run code. The variant and the number of classes are inferred from the
-weights unless `--config` is given (then a mismatch is reported as such).
+The code is in `yolox_jax/cli/convert.py`.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("checkpoint", help="official .pth (or, with --reverse, our checkpoint)")
-    parser.add_argument("--output", required=True, help="output folder (or .pth with --reverse)")
-    parser.add_argument("--config", default=None, help="configs/yolox_*.py (default: inferred)")
-    parser.add_argument("--reverse", action="store_true",
-                        help="write our checkpoint as an official-format .pth")
-    args = parser.parse_args(argv)
-
-    from yolox_jax.weights.checkpoint import (
-        CheckpointNotFound,
-        load_checkpoint,
-        load_torch_checkpoint,
-        save_checkpoint,
-    )
-    from yolox_jax.weights.convert import WeightsError, to_torch_state_dict
-    from yolox_jax.weights.torch_io import CheckpointError, save_torch_file
-
-    try:
-        if args.reverse:
-            _, variables, config = load_checkpoint(args.checkpoint, args.config)
-            state_dict = to_torch_state_dict(variables, config)
-            out = Path(args.output)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            save_torch_file({"model": state_dict}, out)
-            print(f"wrote {out} ({config.name}, {config.model.num_classes} classes, "
-                  f"{len(state_dict)} tensors) in the official checkpoint layout")
-        else:
-            variables, config = load_torch_checkpoint(args.checkpoint, args.config)
-            out = save_checkpoint(args.output, variables, config)
-            print(f"wrote {out} ({config.name}, {config.model.num_classes} classes)")
-    except (CheckpointError, WeightsError, CheckpointNotFound, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+from yolox_jax.cli.convert import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="convert_torch_weights.py"))

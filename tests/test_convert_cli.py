@@ -1,9 +1,7 @@
-"""convert_torch_weights.py: official .pth -> our checkpoint -> official .pth, bit-exact, and one
-clear message for each kind of bad input."""
+"""`yolox-jax convert` (= convert_torch_weights.py): official .pth -> our checkpoint -> official
+.pth, bit-exact, and one clear message for each kind of bad input."""
 
 from __future__ import annotations
-
-import sys
 
 import jax
 import numpy as np
@@ -11,13 +9,11 @@ import pytest
 from conftest import REPO
 from fixture_weights import fixture_state_dict
 
+from yolox_jax.cli import convert as convert_torch_weights
 from yolox_jax.config import variant_config
 from yolox_jax.weights.checkpoint import load_checkpoint
 from yolox_jax.weights.convert import WeightsError, check_state_dict, from_torch_state_dict
 from yolox_jax.weights.torch_io import extract_state_dict, load_torch_file, save_torch_file
-
-sys.path.insert(0, str(REPO))
-import convert_torch_weights  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,19 @@
-"""demo.py end to end, in-process: a video keeps its frame count, size and fps; a folder of images
-gives the official demo's detections (class-agnostic NMS); bad input fails with a clear message."""
+"""`yolox-jax predict` (= demo.py) end to end, in-process: a video keeps its frame count, size and
+fps; a folder of images gives the official demo's detections (class-agnostic NMS); bad input fails
+with a clear message (exit 2, one line, no traceback)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO, need_shared
+from conftest import need_shared
 
-
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("yolox_demo", REPO / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load_demo()
+from yolox_jax.cli import predict
+from yolox_jax.cli.predict import DemoError
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +52,7 @@ def test_video_frame_for_frame_with_custom_class_names(tmp_path, gen_pth):
         "    return c\n"
     )
     out = tmp_path / "out"
-    result = demo.main(["video", str(src), "-c", str(gen_pth), "--config", str(cfg),
+    result = predict.run(["video", str(src), "-c", str(gen_pth), "--config", str(cfg),
                         "--tsize", "64", "--save-result", "--output-dir", str(out),
                         "--batch-size", "5", "--no-progress"])
     cap = cv2.VideoCapture(str(out / "clip.avi"))  # same name and container as the input
@@ -97,7 +90,7 @@ def test_image_folder_matches_official_demo(tmp_path):
     cv2.imwrite(str(folder / "sub" / "crop.png"), dog[100:400, 300:700])
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "out"
-    result = demo.main([str(folder), "-n", "yolox-nano", "-c", str(pth), "--save-result",
+    result = predict.run([str(folder), "-n", "yolox-nano", "-c", str(pth), "--save-result",
                         "--output-dir", str(out), "--batch-size", "2", "--no-progress"])
     assert sorted(result["images"]) == ["dog.jpg", "sub/crop.png"]
     assert result["unreadable"] == ["broken.jpg"]
@@ -112,26 +105,50 @@ def test_image_folder_matches_official_demo(tmp_path):
 
 def test_bad_input_fails_clearly(tmp_path, gen_pth):
     ck = ["-c", str(gen_pth)]
-    with pytest.raises(SystemExit, match="'nowhere.jpg' does not exist"):
-        demo.main(["image", "nowhere.jpg", *ck])
+    with pytest.raises(DemoError, match="'nowhere.jpg' does not exist"):
+        predict.run(["image", "nowhere.jpg", *ck])
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
-    with pytest.raises(SystemExit, match="bad.jpg.*cannot be decoded"):
-        demo.main(["image", str(bad), *ck])
+    with pytest.raises(DemoError, match="bad.jpg.*cannot be decoded"):
+        predict.run(["image", str(bad), *ck])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="no images"):
-        demo.main(["folder", str(tmp_path / "empty"), *ck])
-    with pytest.raises(SystemExit, match="unknown demo kind 'picture'"):
-        demo.main(["picture", str(bad), *ck])
+    with pytest.raises(DemoError, match="no images"):
+        predict.run(["folder", str(tmp_path / "empty"), *ck])
+    with pytest.raises(DemoError, match="unknown demo kind 'picture'"):
+        predict.run(["picture", str(bad), *ck])
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
-    with pytest.raises(SystemExit, match="cannot tell whether"):
-        demo.main([str(notes), *ck])
+    with pytest.raises(DemoError, match="cannot tell whether"):
+        predict.run([str(notes), *ck])
     fake = tmp_path / "fake.avi"
     fake.write_text("not a video")
-    with pytest.raises(SystemExit, match="could not open video .*fake.avi"):
-        demo.main(["video", str(fake), *ck])
+    with pytest.raises(DemoError, match="could not open video .*fake.avi"):
+        predict.run(["video", str(fake), *ck])
     good = tmp_path / "good.png"
     cv2.imwrite(str(good), np.zeros((8, 8, 3), np.uint8))
-    with pytest.raises(SystemExit, match="checkpoint .*missing.pth' does not exist"):
-        demo.main(["image", str(good), "-c", str(tmp_path / "missing.pth")])
+    with pytest.raises(DemoError, match="checkpoint .*missing.pth' does not exist"):
+        predict.run(["image", str(good), "-c", str(tmp_path / "missing.pth")])
+
+
+def test_cli_exit_code_and_one_line(tmp_path, gen_pth, capsys):
+    """`yolox-jax predict` on bad input: exit 2, `yolox-jax predict: error: ...` naming the
+    path, no traceback; --debug raises instead."""
+    assert predict.main([str(tmp_path / "nowhere.jpg"), "-c", str(gen_pth)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("yolox-jax predict: error: ") and "nowhere.jpg" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.zeros((8, 8, 3), np.uint8))
+    assert predict.main([str(good), "-c", str(gen_pth), "--tsize", "100"]) == 2
+    assert "multiples of 32" in capsys.readouterr().err
+    assert predict.main([str(good), "-c", str(gen_pth), "--name", "yolox_q"]) == 2
+    assert "unknown YOLOX variant 'yolox_q'" in capsys.readouterr().err
+    with pytest.raises(DemoError):
+        predict.main([str(tmp_path / "nowhere.jpg"), "-c", str(gen_pth), "--debug"])
+
+
+def test_camera_kind_is_inferred_from_a_number(tmp_path):
+    args = predict.make_parser().parse_args(["3", "-c", "x"])
+    assert predict.resolve_args(args) == ("webcam", None) and args.camid == 3
+    args = predict.make_parser().parse_args(["camera", "-c", "x", "--camid", "1"])
+    assert predict.resolve_args(args) == ("webcam", None) and args.camid == 1

@@ -193,8 +193,8 @@ def fetch(name: str, mirror: Path | str | None = None, offline: bool = False) ->
     return dest
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m yolox_jax.assets", description=__doc__)
+def main(argv: list[str] | None = None, prog: str = "python -m yolox_jax.assets") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fetch", help="obtain and verify assets")
     f.add_argument("names", nargs="+", choices=sorted(ASSETS))

@@ -7,9 +7,17 @@ build any variant by name without the `configs/` folder (an installed wheel has 
 
 from __future__ import annotations
 
+import difflib
+import json
+from collections.abc import Iterator
 from typing import Any
 
 import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used (the message names the key and what is
+    expected)."""
 
 # Per-variant overrides of the base defaults, as in the official `exps/default/*.py`.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -31,6 +39,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "yolox_darknet53": dict(depth=1.0, width=1.0, arch="darknet53", act="lrelu"),
 }
 
+# Values the training code accepts (train/optim.py SCHEDULERS, train/simota.py RULES; a test
+# keeps them equal until those modules import them from here).
+SCHEDULERS = ("yoloxwarmcos",)
+ASSIGNMENT_RULES = ("center_radius", "box_or_center")
+
 # Names users may type for a variant (the official exp names use dashes; darknet53 is "yolov3").
 ALIASES = {"yolov3": "yolox_darknet53", "darknet53": "yolox_darknet53"}
 
@@ -42,7 +55,7 @@ def canonical_name(name: str) -> str:
     if not key.startswith("yolox_"):
         key = ALIASES.get(key, "yolox_" + key)
     if key not in VARIANTS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown YOLOX variant {name!r}; expected one of {sorted(VARIANTS)} (or 'yolov3')"
         )
     return key
@@ -72,8 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict(
         dict(
-            format="coco",  # "coco" or "voc"
+            format="coco",  # "coco", "voc" or "yolo"
             data_dir="",
+            yaml="",  # YOLO: the data.yaml (default: data_dir/data.yaml)
+            yolo_train_split="train",  # YOLO: data.yaml keys of the splits
+            yolo_val_split="val",
             train_ann="instances_train2017.json",
             val_ann="instances_val2017.json",
             train_images="train2017",
@@ -189,5 +205,151 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {path!r} defines no get_config()")
+        raise ConfigError(f"config file {path!r} defines no get_config()")
     return module.get_config()
+
+
+# ---------------------------------------------------------------------------------- json
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+    """The config as json (sorted keys): what checkpoints and workdirs store."""
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+    """Inverse of `config_to_json` (json lists come back as tuples: sizes, ranges, names)."""
+
+    def tuples(x):
+        if isinstance(x, dict):
+            return {k: tuples(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return tuple(tuples(v) for v in x)
+        return x
+
+    return ml_collections.ConfigDict(tuples(json.loads(text)))
+
+
+# ----------------------------------------------------------------------------- validation
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:
+    """Every leaf key, dotted ("train.batch_size", ...)."""
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from flat_keys(value, name + ".")
+        else:
+            yield name
+
+
+def unknown_key_message(key: str, known: Iterator[str] | list[str]) -> str:
+    """`unknown config key 'train.bogus'; did you mean 'train.xxx'?` (difflib closest), else the
+    valid keys of that section."""
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    if close:
+        return f"unknown config key {key!r}; did you mean {close[0]!r}?"
+    section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    siblings = [k for k in known if section and k.startswith(section)]
+    listed = siblings or sorted({k.split(".", 1)[0] for k in known})
+    return (f"unknown config key {key!r}; valid keys"
+            + (f" of {section[:-1]!r}" if siblings else "") + ": " + ", ".join(listed))
+
+
+def check_keys(config: ml_collections.ConfigDict) -> None:
+    """Every key of `config` must exist in `base_config()` (a typo in a config file would
+    otherwise be silently ignored)."""
+    known = set(flat_keys(base_config()))
+    sections = {k.split(".", 1)[0] for k in known}
+    for key in flat_keys(config):
+        if key in known or key in sections:
+            continue
+        raise ConfigError(unknown_key_message(key, known))
+
+
+def _size_pair(value: Any, key: str, positive_multiple_of: int = 32) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be (height, width), got {value!r}") from None
+    if h <= 0 or w <= 0 or h % positive_multiple_of or w % positive_multiple_of:
+        raise ConfigError(f"{key} must be (height, width), positive multiples of "
+                          f"{positive_multiple_of}, got {tuple(value)!r}")
+    return h, w
+
+
+def _check(condition: bool, key: str, expected: str, value: Any) -> None:
+    if not condition:
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+def validate_config(
+    config: ml_collections.ConfigDict, num_devices: int | None = None, *, training: bool = True
+) -> ml_collections.ConfigDict:
+    """Check keys and values before any data is read or any model is built; raise ConfigError
+    naming the key and what is expected. `num_devices`: the global batch must split over them.
+    `training` False skips the training-only checks (evaluation / prediction configs)."""
+    check_keys(config)
+    m, d, t, te = config.model, config.data, config.train, config.test
+    canonical_name(config.name)
+    _check(m.arch in ("cspdarknet", "darknet53"), "model.arch", "'cspdarknet' or 'darknet53'",
+           m.arch)
+    _check(m.act in ("silu", "relu", "lrelu"), "model.act", "'silu', 'relu' or 'lrelu'", m.act)
+    _check(isinstance(m.num_classes, int) and m.num_classes >= 1, "model.num_classes",
+           "a positive integer", m.num_classes)
+    for key in ("depth", "width"):
+        _check(float(m[key]) > 0, f"model.{key}", "> 0", m[key])
+    _check(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
+           "'float32', 'bfloat16' or 'float16'", m.dtype)
+    _check(d.format in ("coco", "voc", "yolo"), "data.format", "'coco', 'voc' or 'yolo'",
+           d.format)
+    _size_pair(d.test_size, "data.test_size")
+    names = tuple(d.class_names)
+    _check(not names or len(names) == m.num_classes, "data.class_names",
+           f"empty or {m.num_classes} names (model.num_classes)", names)
+    _check(len(set(names)) == len(names), "data.class_names", "names without duplicates", names)
+    _check(0 <= float(te.conf) <= 1, "test.conf", "in [0, 1]", te.conf)
+    _check(0 <= float(te.nms) <= 1, "test.nms", "in [0, 1]", te.nms)
+    for key in ("pre_nms_topk", "max_det"):
+        _check(int(te[key]) >= 1, f"test.{key}", "a positive integer", te[key])
+    if not training:
+        return config
+    h, _ = _size_pair(d.input_size, "data.input_size")
+    rs = tuple(d.random_size)
+    if rs:
+        _check(len(rs) == 2 and 1 <= int(rs[0]) <= int(rs[1]), "data.random_size",
+               "() or (lo, hi) in units of 32 with 1 <= lo <= hi", rs)
+    else:
+        _check(int(d.multiscale_range) >= 0 and h // 32 - int(d.multiscale_range) >= 1,
+               "data.multiscale_range", f"in 0..{h // 32 - 1} for input height {h}",
+               d.multiscale_range)
+    for key in ("mosaic_prob", "mixup_prob", "hsv_prob", "flip_prob"):
+        _check(0 <= float(d[key]) <= 1, f"data.{key}", "a probability in [0, 1]", d[key])
+    for key in ("mosaic_scale", "mixup_scale"):
+        v = tuple(d[key])
+        _check(len(v) == 2 and 0 < float(v[0]) <= float(v[1]), f"data.{key}",
+               "(lo, hi) with 0 < lo <= hi", v)
+    _check(int(d.max_labels) >= 1, "data.max_labels", "a positive integer", d.max_labels)
+    _check(int(d.num_workers) >= 0, "data.num_workers", ">= 0", d.num_workers)
+    _check(d.cache in ("", "ram", "disk"), "data.cache", "'', 'ram' or 'disk'", d.cache)
+    _check(bool(d.data_dir) or (d.format == "yolo" and bool(d.yaml)), "data.data_dir",
+           "the dataset root (--config.data.data_dir=...)"
+           + (" or data.yaml" if d.format == "yolo" else ""), d.data_dir)
+    _check(isinstance(t.batch_size, int) and t.batch_size >= 1, "train.batch_size",
+           "a positive integer", t.batch_size)
+    if num_devices is not None and t.batch_size % int(num_devices):
+        raise ConfigError(f"train.batch_size {t.batch_size} must be divisible by the "
+                          f"{num_devices} devices (it is the global batch, split over them)")
+    _check(int(t.max_epoch) >= 1, "train.max_epoch", "a positive number of epochs", t.max_epoch)
+    for key in ("warmup_epochs", "no_aug_epochs", "iters_per_epoch", "save_interval_steps"):
+        _check(int(t[key]) >= 0, f"train.{key}", ">= 0", t[key])
+    for key in ("print_interval", "eval_interval", "keep_checkpoints"):
+        _check(int(t[key]) >= 1, f"train.{key}", "a positive integer", t[key])
+    for key in ("basic_lr_per_img", "weight_decay", "warmup_lr"):
+        _check(float(t[key]) >= 0, f"train.{key}", ">= 0", t[key])
+    _check(0 <= float(t.min_lr_ratio) <= 1, "train.min_lr_ratio", "in [0, 1]", t.min_lr_ratio)
+    _check(0 <= float(t.momentum) < 1, "train.momentum", "in [0, 1)", t.momentum)
+    _check(0 < float(t.ema_decay) < 1, "train.ema_decay", "in (0, 1)", t.ema_decay)
+    _check(t.scheduler in SCHEDULERS, "train.scheduler", f"one of {SCHEDULERS}", t.scheduler)
+    _check(t.assignment_rule in ASSIGNMENT_RULES, "train.assignment_rule",
+           f"one of {ASSIGNMENT_RULES}", t.assignment_rule)
+    _check(t.center_radius is None or float(t.center_radius) > 0, "train.center_radius",
+           "None or > 0", t.center_radius)
+    return config

@@ -65,12 +65,12 @@ def _detect_dog(weights_dir: Path, dog: Path, out: Path) -> list[dict]:
 
 
 def _raccoon_picture(model, variables, config, out: Path, n: int = 8) -> None:
+    from yolox_jax.data.datasets import read_split
     from yolox_jax.data.io import read_image
-    from yolox_jax.data.readers import read_voc
     from yolox_jax.inference import Predictor
     from yolox_jax.visualize import draw_detections
 
-    info = read_voc(config.data.data_dir, config.data.voc_val_split, tuple(config.data.class_names))
+    info = read_split(config, "val")
     paths = [r.image_path for r in info.records[:n]]
     predictor = Predictor(model, variables, config=config, conf=0.3, nms=0.45,
                           batch_buckets=(len(paths),))

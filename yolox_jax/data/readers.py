@@ -1,4 +1,4 @@
-"""Dataset readers: COCO json and Pascal VOC xml -> one record per image, official semantics.
+"""Dataset readers: COCO json, Pascal VOC xml and YOLO txt -> one record per image.
 
 A record holds `image_path`, `image_id` (COCO id / VOC file stem), `height`, `width`, `boxes`
 [K, 4] float64 x1y1x2y2 in pixels, `classes` [K] int64 (contiguous 0..C-1), `ignore` [K] bool
@@ -32,6 +32,19 @@ Bad input, case by case (the message always names the file):
   annotations of unknown image ids (pycocotools ignores them), images without `file_name` (the
   official `{id:012}.jpg` fallback), a json without `annotations`; VOC boxes outside the image
   or with zero / negative area (kept, as the official).
+
+YOLO (the Ultralytics layout): a `data.yaml` with `path` (the dataset root, relative to the
+yaml's folder; default that folder), `train` / `val` / `test` (image folders, `.txt` lists of
+image paths, or lists of those, relative to the root) and `names` (a list, or a dict
+{0: name, ...}; `nc` optional). The label of `.../images/x.jpg` is `.../labels/x.txt` (the last
+`images` path component replaced, as Ultralytics), one `class cx cy w h` row per object,
+normalised to [0, 1] by the image size (read from the file header, EXIF rotation applied as
+cv2 does). Box corners are `(cx -+ w / 2) * width` etc. (float pixels, clipped to the image).
+Counted warnings, the row dropped: wrong column count, values that are not numbers, a class id
+that is not an integer in 0..C-1, values outside [0, 1], zero width / height; a segment row
+(class x1 y1 x2 y2 ...) becomes its bounding box (counted); a missing label file is an image
+without objects (counted, said once). `DatasetError`: a missing / malformed yaml, a missing split
+key, folder or list file, an image list entry that does not exist, no images, bad `names`.
 """
 
 from __future__ import annotations
@@ -109,8 +122,8 @@ class DatasetInfo:
     records: list[ImageRecord]
     class_names: tuple[str, ...]
     category_ids: tuple[int, ...]
-    format: str  # "coco" or "voc"
-    source: str  # the COCO json path, or the VOC split file
+    format: str  # "coco", "voc" or "yolo"
+    source: str  # the COCO json path, the VOC split file, or "data.yaml:split" (YOLO)
     warnings: ReadWarnings
     stats: dict[str, int]
     # Where the pixels are when not in the `image_path` files: a packed shard set's image source
@@ -146,7 +159,8 @@ def _check_images(records: Sequence[ImageRecord], source: str) -> None:
 
 
 # --------------------------------------------------------------------------------------- COCO
-def _split_name(ann_path: str) -> str | None:
+def split_name(ann_path: str) -> str | None:
+    """"train2017" / "val2017" ... from a COCO json name, or None."""
     m = re.search(r"(train|val|test)\d{4}", os.path.basename(ann_path))
     return m.group(0) if m else None
 
@@ -164,7 +178,7 @@ def _resolve_coco_paths(
             "COCO annotation file not found; tried " + ", ".join(repr(p) for p in tried)
         )
     if image_dir is None:
-        split = _split_name(ann_path)
+        split = split_name(ann_path)
         if split is None:
             raise DatasetError(
                 f"cannot tell the image folder of {ann_path!r} (no train/val/test<year> in its "
@@ -447,6 +461,232 @@ def read_voc(
         source=split_file,
         warnings=warn,
         stats={"images": len(records), "boxes": num_boxes, "difficult": num_difficult,
+               "images_without_boxes": sum(len(r) == 0 for r in records)},
+    )
+    return _report(info)
+
+
+# --------------------------------------------------------------------------------------- YOLO
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+_ROW_TOL = 1e-6  # normalised values this far outside [0, 1] are float noise, not errors
+
+
+def load_yolo_yaml(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
+    """A YOLO data.yaml -> (its mapping, the dataset root)."""
+    import yaml
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "data.yaml")
+    if not os.path.isfile(path):
+        raise DatasetError(f"YOLO data.yaml {path!r} not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise DatasetError(f"malformed YOLO data.yaml {path!r}: {e}") from e
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a mapping (train:, val:, names:), got "
+                           f"{type(data).__name__}")
+    here = os.path.dirname(os.path.abspath(path))
+    root = data.get("path") or here
+    root = os.path.normpath(os.path.join(here, os.fspath(root)))
+    return data, root
+
+
+def yolo_names(data: dict[str, Any], path: str) -> tuple[str, ...]:
+    """`names` (a list, or {index: name} with indices 0..C-1) checked against `nc`."""
+    names = data.get("names")
+    nc = data.get("nc")
+    if names is None:
+        if not isinstance(nc, int) or nc < 1:
+            raise DatasetError(f"{path}: no 'names' (a list of class names) and no valid 'nc'")
+        return tuple(f"class_{i}" for i in range(nc))
+    if isinstance(names, dict):
+        keys = sorted(names)
+        if keys != list(range(len(keys))):
+            raise DatasetError(f"{path}: 'names' keys must be 0..{len(keys) - 1}, got {keys}")
+        names = [names[k] for k in keys]
+    if not isinstance(names, (list, tuple)) or not names:
+        raise DatasetError(f"{path}: 'names' must be a non-empty list or dict, got {names!r}")
+    names = tuple(str(n) for n in names)
+    if nc is not None and nc != len(names):
+        raise DatasetError(f"{path}: nc is {nc} but 'names' has {len(names)} entries")
+    if len(set(names)) != len(names):
+        raise DatasetError(f"{path}: 'names' has duplicates: {names}")
+    return names
+
+
+def yolo_label_path(image_path: str) -> str:
+    """`.../images/a/b.jpg` -> `.../labels/a/b.txt` (the last `images` component, as
+    Ultralytics' img2label_paths); without one, the .txt beside the image."""
+    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    if sa in image_path:
+        image_path = sb.join(image_path.rsplit(sa, 1))
+    return os.path.splitext(image_path)[0] + ".txt"
+
+
+def _yolo_images(entry: Any, root: str, where: str) -> list[str]:
+    """A split entry (folder, list file, or a list of those) -> sorted image paths."""
+    entries = entry if isinstance(entry, (list, tuple)) else [entry]
+    out: list[str] = []
+    for e in entries:
+        p = os.path.normpath(os.path.join(root, os.fspath(e)))
+        if os.path.isdir(p):
+            found = [os.path.join(dp, f) for dp, _, fs in os.walk(p) for f in fs
+                     if os.path.splitext(f)[1].lower() in IMAGE_EXTS]
+            out.extend(sorted(found))
+        elif os.path.isfile(p) and p.endswith(".txt"):
+            base = os.path.dirname(p)
+            with open(p, encoding="utf-8") as f:
+                lines = [ln.strip() for ln in f if ln.strip()]
+            missing = []
+            for ln in lines:
+                cands = [ln] if os.path.isabs(ln) else [os.path.normpath(os.path.join(base, ln)),
+                                                         os.path.normpath(os.path.join(root, ln))]
+                hit = next((c for c in cands if os.path.isfile(c)), None)
+                if hit is None:
+                    missing.append(ln)
+                else:
+                    out.append(hit)
+            if missing:
+                raise DatasetError(
+                    f"{len(missing)} of {len(lines)} images listed in {p} do not exist (relative "
+                    f"entries are looked up beside the list, then under {root}), e.g. "
+                    + ", ".join(repr(m) for m in missing[:MAX_EXAMPLES]))
+        else:
+            raise DatasetError(f"{where}: {p!r} is neither an image folder nor a .txt list of "
+                               "images")
+    return out
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(height, width) from the file header, after EXIF rotation (as cv2.imread applies it)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except (OSError, UnidentifiedImageError) as e:
+        raise DatasetError(f"cannot read the size of image {path!r}: {e}") from e
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def read_yolo_labels(
+    label_path: str, height: int, width: int, num_classes: int, warn: ReadWarnings
+) -> tuple[np.ndarray, np.ndarray]:
+    """One label file -> (boxes [K, 4] float64 x1y1x2y2 pixels, classes [K] int64); bad rows
+    are counted in `warn` and dropped."""
+    with open(label_path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    boxes, classes = [], []
+    for i, line in enumerate(lines):
+        parts = line.split()
+        if not parts:
+            continue
+        where = f"{label_path}:{i + 1} {line.strip()[:60]!r}"
+        try:
+            values = [float(v) for v in parts]
+        except ValueError:
+            warn.add("rows with values that are not numbers (dropped)", where)
+            continue
+        if len(values) != 5:
+            if len(values) >= 7 and len(values) % 2 == 1:  # class x1 y1 x2 y2 ... (segment)
+                xs, ys = np.asarray(values[1::2]), np.asarray(values[2::2])
+                values = [values[0], (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2,
+                          xs.max() - xs.min(), ys.max() - ys.min()]
+                warn.add("segment rows converted to their bounding box", where)
+            else:
+                warn.add("rows with a wrong column count (expected 5: class cx cy w h; dropped)",
+                         where)
+                continue
+        c, cx, cy, w, h = values
+        if c != int(c) or not 0 <= int(c) < num_classes:
+            warn.add(f"rows with a class id not in 0..{num_classes - 1} (dropped)", where)
+            continue
+        if min(cx, cy, w, h) < -_ROW_TOL or max(cx, cy, w, h) > 1 + _ROW_TOL:
+            warn.add("rows with values outside [0, 1] (not normalised; dropped)", where)
+            continue
+        if w <= 0 or h <= 0:
+            warn.add("rows with zero width or height (dropped)", where)
+            continue
+        x1, y1 = (cx - w / 2) * width, (cy - h / 2) * height
+        x2, y2 = (cx + w / 2) * width, (cy + h / 2) * height
+        cx1, cy1 = max(0.0, x1), max(0.0, y1)
+        cx2, cy2 = min(float(width), x2), min(float(height), y2)
+        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+            if max(abs(cx1 - x1), abs(cy1 - y1), abs(cx2 - x2), abs(cy2 - y2)) > 1e-3:
+                warn.add("boxes clipped to the image", where)
+        boxes.append((cx1, cy1, cx2, cy2))
+        classes.append(int(c))
+    k = len(boxes)
+    return np.asarray(boxes, np.float64).reshape(k, 4), np.asarray(classes, np.int64).reshape(k)
+
+
+def read_yolo(
+    yaml_path: str | os.PathLike,
+    split: str = "train",
+    class_names: Sequence[str] | None = None,
+) -> DatasetInfo:
+    """A YOLO dataset's split (a key of data.yaml: train / val / test) -> DatasetInfo, images in
+    sorted path order. `yaml_path` may be the data.yaml or its folder. class_names: override the
+    yaml's `names` (same count). image_id: the image path relative to the dataset root."""
+    data, root = load_yolo_yaml(yaml_path)
+    ypath = os.fspath(yaml_path)
+    ypath = os.path.join(ypath, "data.yaml") if os.path.isdir(ypath) else ypath
+    names = yolo_names(data, ypath)
+    if class_names:
+        if len(class_names) != len(names):
+            raise DatasetError(f"{ypath}: {len(names)} classes but {len(class_names)} "
+                               "class_names were given")
+        names = tuple(str(n) for n in class_names)
+    if not data.get(split):
+        keys = [k for k in ("train", "val", "test") if data.get(k)]
+        raise DatasetError(f"{ypath}: no {split!r} split (it has {keys}); expected {split}: "
+                           "an image folder or a .txt list")
+    paths = _yolo_images(data[split], root, f"{ypath} {split}")
+    if not paths:
+        raise DatasetError(f"{ypath}: the {split!r} split ({data[split]!r} under {root}) has no "
+                           f"images ({', '.join(IMAGE_EXTS)})")
+    return yolo_records(paths, root, names, f"{ypath}:{split}")
+
+
+def yolo_records(paths: Sequence[str], root: str, names: Sequence[str],
+                 source: str) -> DatasetInfo:
+    """Image paths (labels at `yolo_label_path`) -> DatasetInfo; see `read_yolo`."""
+    warn = ReadWarnings()
+    records, num_boxes, missing = [], 0, 0
+    for path in paths:
+        height, width = image_size(path)
+        label = yolo_label_path(path)
+        if os.path.isfile(label):
+            boxes, classes = read_yolo_labels(label, height, width, len(names), warn)
+        else:
+            missing += 1
+            warn.add("images without a label file (no objects)", label)
+            boxes, classes = np.zeros((0, 4), np.float64), np.zeros(0, np.int64)
+        k = len(boxes)
+        num_boxes += k
+        rel = os.path.relpath(path, root)
+        records.append(ImageRecord(
+            image_path=path,
+            image_id=rel.replace(os.sep, "/") if not rel.startswith("..") else path,
+            height=height,
+            width=width,
+            boxes=boxes,
+            classes=classes,
+            ignore=np.zeros(k, bool),
+            difficult=np.zeros(k, bool),
+        ))
+    info = DatasetInfo(
+        records=records,
+        class_names=tuple(names),
+        category_ids=tuple(range(len(names))),
+        format="yolo",
+        source=source,
+        warnings=warn,
+        stats={"images": len(records), "boxes": num_boxes, "missing_labels": missing,
                "images_without_boxes": sum(len(r) == 0 for r in records)},
     )
     return _report(info)

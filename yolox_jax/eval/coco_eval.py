@@ -128,8 +128,6 @@ def evaluate_coco(
     (default: every image of the ground truth, as the official). Zero detections: every number
     0.0 and a `note` (pycocotools cannot load an empty result list; the official returns 0 too).
     """
-    from pycocotools.cocoeval import COCOeval
-
     gt = load_coco_gt(coco_gt)
     cat_ids = sorted(gt.getCatIds())
     names = list(class_names) if class_names is not None else [
@@ -140,18 +138,79 @@ def evaluate_coco(
         return {**{k: 0.0 for k in STAT_KEYS}, "per_class_AP": {n: 0.0 for n in names},
                 "per_class_AR": {n: 0.0 for n in names}, "num_detections": 0,
                 "summary": "no detections", "note": "no detections: every AP / AR is 0"}
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    ev = run_cocoeval(gt, results, image_ids)
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        ev.summarize()
+    ap, ar = per_class_values(ev, names)
+    stats = {k: float(v) for k, v in zip(STAT_KEYS, ev.stats, strict=True)}
+    return {**stats, "per_class_AP": ap, "per_class_AR": ar, "num_detections": len(results),
+            "summary": text.getvalue()}
+
+
+def run_cocoeval(coco_gt: Any, results: Sequence[Mapping[str, Any]],
+                 image_ids: Sequence[int] | None = None) -> Any:
+    """COCOeval (bbox) evaluated and accumulated (quietly); `results` must be non-empty."""
+    from pycocotools.cocoeval import COCOeval
+
+    gt = load_coco_gt(coco_gt)
+    with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes([dict(r) for r in results])  # loadRes adds fields: copies, not ours
         ev = COCOeval(gt, dt, "bbox")
         if image_ids is not None:
             ev.params.imgIds = sorted(int(i) for i in image_ids)
         ev.evaluate()
         ev.accumulate()
-        text = io.StringIO()
-        with contextlib.redirect_stdout(text):
-            ev.summarize()
-    ap, ar = per_class_values(ev, names)
-    stats = {k: float(v) for k, v in zip(STAT_KEYS, ev.stats, strict=True)}
-    return {**stats, "per_class_AP": ap, "per_class_AR": ar, "num_detections": len(results),
-            "summary": text.getvalue()}
+    return ev
+
+
+def coco_pr_curves(
+    coco_gt: Any,
+    results: Sequence[Mapping[str, Any]],
+    class_names: Sequence[str],
+    image_ids: Sequence[int] | None = None,
+    iou_threshold: float = 0.5,
+) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """Class name -> (recall [101], precision [101], AP) at one IoU threshold, from COCOeval's
+    accumulated `precision[T, R, K, area all, maxDets 100]` (undefined points -> 0)."""
+    recall = np.linspace(0.0, 1.0, 101)
+    if not results:
+        return {n: (recall, np.zeros_like(recall), 0.0) for n in class_names}
+    ev = run_cocoeval(coco_gt, results, image_ids)
+    t = int(np.argmin(np.abs(ev.params.iouThrs - iou_threshold)))
+    precision = ev.eval["precision"]  # [T, R, K, A, M]
+    if precision.shape[2] != len(class_names):
+        raise ValueError(
+            f"{len(class_names)} class names for {precision.shape[2]} evaluated categories"
+        )
+    out = {}
+    for k, name in enumerate(class_names):
+        p = precision[t, :, k, 0, -1]
+        ap = float(np.mean(p[p > -1])) if (p > -1).any() else float("nan")
+        out[name] = (np.asarray(ev.params.recThrs), np.where(p > -1, p, 0.0), ap)
+    return out
+
+
+def coco_ground_truth(info: Any) -> dict[str, Any]:
+    """A read dataset (readers.DatasetInfo) -> a COCO detection json (dict) with image ids
+    0..N-1 in record order and category ids `info.category_ids`."""
+    from yolox_jax.data.writers import coco_json
+
+    return coco_json(info, image_ids=range(len(info.records)), category_ids=info.category_ids)
+
+
+def for_scoring(info: Any) -> tuple[Any, Any]:
+    """(DatasetInfo the evaluator scores, pycocotools COCO or None).
+
+    COCO / VOC: as read (the evaluator loads a COCO json itself). YOLO (scored as COCO, the
+    metric YOLO users compare with): a COCO view of the records (image ids 0..N-1) and its
+    ground truth built in memory, so `evaluate_dataset(predictor, view, coco_gt=gt)` gives
+    COCOeval numbers.
+    """
+    import dataclasses
+
+    if info.format != "yolo":
+        return info, None
+    records = [dataclasses.replace(r, image_id=i) for i, r in enumerate(info.records)]
+    view = dataclasses.replace(info, records=records, format="coco")
+    return view, load_coco_gt(coco_ground_truth(view))

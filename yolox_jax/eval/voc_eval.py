@@ -66,24 +66,19 @@ def _overlaps(bb: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return inters / uni
 
 
-def class_ap(
+def class_pr(
     det_image: np.ndarray,
     det_scores: np.ndarray,
     det_boxes: np.ndarray,
     gt_boxes: Sequence[np.ndarray],
     gt_difficult: Sequence[np.ndarray],
     iou_thresholds: Sequence[float] = (0.5,),
-    use_07_metric: bool = True,
-) -> list[float]:
-    """One class: AP at each IoU threshold.
-
-    det_image [D] int (image index), det_scores [D], det_boxes [D, 4] (already through
-    `results_file_round_trip`, in file order); gt_boxes[i] [G_i, 4] 1-based, gt_difficult[i] [G_i]
-    bool. The IoU of each detection with its image's boxes does not depend on the threshold, so
-    it is computed once.
-    """
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One class: (recall [D], precision [D]) at each IoU threshold, cumulative over the
+    detections sorted by score (the official `voc_eval` matching; see `class_ap` for the
+    arguments). No detections: empty arrays."""
     if len(det_scores) == 0:
-        return [0.0 for _ in iou_thresholds]
+        return [(np.zeros(0), np.zeros(0)) for _ in iou_thresholds]
     npos = int(sum(int((~np.asarray(d, bool)).sum()) for d in gt_difficult))
     order = np.argsort(-np.asarray(det_scores, np.float64))
     det_image = np.asarray(det_image)[order]
@@ -95,7 +90,7 @@ def class_ap(
         if gt.size:
             ov = _overlaps(det_boxes[d], gt)
             ovmax[d], jmax[d] = ov.max(), ov.argmax()
-    aps = []
+    curves = []
     for thr in iou_thresholds:
         claimed = [np.zeros(len(np.asarray(g).reshape(-1, 4)), bool) for g in gt_boxes]
         tp = np.zeros(len(order))
@@ -115,8 +110,76 @@ def class_ap(
         with np.errstate(divide="ignore", invalid="ignore"):
             rec = tp / float(npos)
         prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-        aps.append(voc_ap(rec, prec, use_07_metric))
-    return aps
+        curves.append((rec, prec))
+    return curves
+
+
+def class_ap(
+    det_image: np.ndarray,
+    det_scores: np.ndarray,
+    det_boxes: np.ndarray,
+    gt_boxes: Sequence[np.ndarray],
+    gt_difficult: Sequence[np.ndarray],
+    iou_thresholds: Sequence[float] = (0.5,),
+    use_07_metric: bool = True,
+) -> list[float]:
+    """One class: AP at each IoU threshold.
+
+    det_image [D] int (image index), det_scores [D], det_boxes [D, 4] (already through
+    `results_file_round_trip`, in file order); gt_boxes[i] [G_i, 4] 1-based, gt_difficult[i] [G_i]
+    bool. The IoU of each detection with its image's boxes does not depend on the threshold, so
+    it is computed once.
+    """
+    if len(det_scores) == 0:
+        return [0.0 for _ in iou_thresholds]
+    curves = class_pr(det_image, det_scores, det_boxes, gt_boxes, gt_difficult, iou_thresholds)
+    return [voc_ap(rec, prec, use_07_metric) for rec, prec in curves]
+
+
+def _per_class_inputs(
+    detections: Sequence[Any], records: Sequence[Any], num_classes: int
+):
+    """-> (per class c: (det_image, file_scores, file_boxes, gt boxes, gt difficult)), the
+    number of detections. Detections go through the official results-file round trip."""
+    if len(detections) != len(records):
+        raise ValueError(f"{len(detections)} detection sets for {len(records)} records")
+    gt_boxes = [np.asarray(r.boxes, np.float64).reshape(-1, 4) + 1.0 for r in records]
+    gt_classes = [np.asarray(r.classes, np.int64).reshape(-1) for r in records]
+    gt_diff = [np.asarray(r.difficult, bool).reshape(-1) for r in records]
+    img_idx = np.concatenate(
+        [np.full(len(d), i, np.int64) for i, d in enumerate(detections)] + [np.zeros(0, np.int64)]
+    )
+    boxes = np.concatenate([np.asarray(d.boxes, np.float32).reshape(-1, 4) for d in detections]
+                           + [np.zeros((0, 4), np.float32)])
+    scores = np.concatenate([np.asarray(d.scores, np.float32).reshape(-1) for d in detections]
+                            + [np.zeros(0, np.float32)])
+    classes = np.concatenate([np.asarray(d.classes, np.int64).reshape(-1) for d in detections]
+                             + [np.zeros(0, np.int64)])
+    file_boxes, file_scores = results_file_round_trip(boxes, scores)
+    per_class = []
+    for c in range(num_classes):
+        sel = classes == c  # stable: image order, then each image's score order
+        cls_gt = [b[k == c] for b, k in zip(gt_boxes, gt_classes, strict=True)]
+        cls_diff = [d[k == c] for d, k in zip(gt_diff, gt_classes, strict=True)]
+        per_class.append((img_idx[sel], file_scores[sel], file_boxes[sel], cls_gt, cls_diff))
+    return per_class, int(len(scores))
+
+
+def voc_pr_curves(
+    detections: Sequence[Any],
+    records: Sequence[Any],
+    class_names: Sequence[str],
+    iou_threshold: float = 0.5,
+    use_07_metric: bool = True,
+) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """Class name -> (recall [D], precision [D], AP) at one IoU threshold (for plots)."""
+    per_class, _ = _per_class_inputs(detections, records, len(class_names))
+    out = {}
+    for name, args in zip(class_names, per_class, strict=True):
+        ((rec, prec),) = class_pr(*args, iou_thresholds=(iou_threshold,))
+        ap = voc_ap(rec, prec, use_07_metric) if len(rec) else 0.0
+        out[name] = (np.nan_to_num(rec), prec, ap)
+    return out
 
 
 def evaluate_voc(
@@ -131,31 +194,14 @@ def evaluate_voc(
     Returns mAP50, mAP50_95, mAP_per_iou (threshold -> mAP), per_class_AP50 and per_class_AP50_95
     (name -> AP), num_detections, metric ("voc07_11point" or "area").
     """
-    if len(detections) != len(records):
-        raise ValueError(f"{len(detections)} detection sets for {len(records)} records")
     num_classes = len(class_names)
-    gt_boxes = [np.asarray(r.boxes, np.float64).reshape(-1, 4) + 1.0 for r in records]
-    gt_classes = [np.asarray(r.classes, np.int64).reshape(-1) for r in records]
-    gt_diff = [np.asarray(r.difficult, bool).reshape(-1) for r in records]
-    img_idx = np.concatenate(
-        [np.full(len(d), i, np.int64) for i, d in enumerate(detections)] + [np.zeros(0, np.int64)]
-    )
-    boxes = np.concatenate([np.asarray(d.boxes, np.float32).reshape(-1, 4) for d in detections]
-                           + [np.zeros((0, 4), np.float32)])
-    scores = np.concatenate([np.asarray(d.scores, np.float32).reshape(-1) for d in detections]
-                            + [np.zeros(0, np.float32)])
-    classes = np.concatenate([np.asarray(d.classes, np.int64).reshape(-1) for d in detections]
-                             + [np.zeros(0, np.int64)])
-    file_boxes, file_scores = results_file_round_trip(boxes, scores)
+    per_class, num_detections = _per_class_inputs(detections, records, num_classes)
     table = np.zeros((num_classes, len(iou_thresholds)))
-    for c in range(num_classes):
-        sel = classes == c  # stable: image order, then each image's score order
-        cls_gt = [b[k == c] for b, k in zip(gt_boxes, gt_classes, strict=True)]
-        cls_diff = [d[k == c] for d, k in zip(gt_diff, gt_classes, strict=True)]
-        if not any(len(b) for b in cls_gt) and sel.any():
+    for c, (det_image, det_scores, det_boxes, cls_gt, cls_diff) in enumerate(per_class):
+        if not any(len(b) for b in cls_gt) and len(det_scores):
             log.warning("VOC evaluation: class %r has detections but no ground truth (AP %s)",
                         class_names[c], "0" if use_07_metric else "nan")
-        table[c] = class_ap(img_idx[sel], file_scores[sel], file_boxes[sel], cls_gt, cls_diff,
+        table[c] = class_ap(det_image, det_scores, det_boxes, cls_gt, cls_diff,
                             iou_thresholds, use_07_metric)
     maps = table.mean(axis=0) if num_classes else np.zeros(len(iou_thresholds))
     thr = [float(t) for t in iou_thresholds]
@@ -166,6 +212,6 @@ def evaluate_voc(
         "mAP_per_iou": {f"{t:.2f}": float(m) for t, m in zip(thr, maps, strict=True)},
         "per_class_AP50": {n: float(table[c, i50]) for c, n in enumerate(class_names)},
         "per_class_AP50_95": {n: float(table[c].mean()) for c, n in enumerate(class_names)},
-        "num_detections": int(len(scores)),
+        "num_detections": num_detections,
         "metric": "voc07_11point" if use_07_metric else "area",
     }

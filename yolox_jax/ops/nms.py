@@ -9,7 +9,7 @@ module reproduces that rule exactly:
   c` into a fused multiply-add, which changes the last bit of about 4 % of the IoUs of random boxes
   (measured on jax 0.10.2 CPU with `ops.boxes.box_iou` under jit; `lax.optimization_barrier` does
   not help, XLA CPU removes it before fusion). Every product that feeds an add here goes through an
-  identity select (`_rounded_product`), which LLVM cannot contract through, so the IoUs are bit-
+  identity select (`rounded_product`), which LLVM cannot contract through, so the IoUs are bit-
   identical to the C++ kernel's (tested). `ops.boxes.box_iou` has the same op order but not this
   guard, so it is not used here.
 * float32 IoU `>` double threshold: for a Python float threshold `t` this equals float32 IoU `>`
@@ -42,14 +42,14 @@ def nms_threshold_f32(threshold: float) -> np.float32:
     return np.float32(t32)
 
 
-def _as_threshold(threshold: Any) -> jax.Array:
+def as_threshold(threshold: Any) -> jax.Array:
     """Python / NumPy scalars get the exact double semantics; traced values are used as float32."""
     if isinstance(threshold, (float, int, np.floating, np.integer)):
         return jnp.asarray(nms_threshold_f32(float(threshold)))
     return jnp.asarray(threshold, jnp.float32)
 
 
-def _rounded_product(a: jax.Array, b: jax.Array) -> jax.Array:
+def rounded_product(a: jax.Array, b: jax.Array) -> jax.Array:
     """`a * b` rounded to float32 on its own, never contracted into an FMA by a later add / sub.
 
     LLVM fuses an `fmul` only when it feeds an `fadd` / `fsub` directly; a select in between
@@ -61,14 +61,14 @@ def _rounded_product(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def box_areas(boxes: jax.Array) -> jax.Array:
     """[..., 4] x1y1x2y2 -> [...] `(x2 - x1) * (y2 - y1)` in float32, each product rounded alone."""
-    return _rounded_product(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1])
+    return rounded_product(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1])
 
 
 def _iou_with(box: jax.Array, area: jax.Array, boxes: jax.Array, areas: jax.Array) -> jax.Array:
     """IoU of one box [4] (area []) with boxes [K, 4] (areas [K]) -> [K], torchvision's op order."""
     w = jnp.maximum(jnp.minimum(box[2], boxes[:, 2]) - jnp.maximum(box[0], boxes[:, 0]), 0.0)
     h = jnp.maximum(jnp.minimum(box[3], boxes[:, 3]) - jnp.maximum(box[1], boxes[:, 1]), 0.0)
-    inter = _rounded_product(w, h)
+    inter = rounded_product(w, h)
     return inter / (area + areas - inter)
 
 
@@ -79,7 +79,7 @@ def pairwise_iou(boxes: jax.Array) -> jax.Array:
     a, b = boxes[:, None], boxes[None]
     w = jnp.maximum(jnp.minimum(a[..., 2], b[..., 2]) - jnp.maximum(a[..., 0], b[..., 0]), 0.0)
     h = jnp.maximum(jnp.minimum(a[..., 3], b[..., 3]) - jnp.maximum(a[..., 1], b[..., 1]), 0.0)
-    inter = _rounded_product(w, h)
+    inter = rounded_product(w, h)
     return inter / (areas[:, None] + areas[None] - inter)
 
 
@@ -157,7 +157,7 @@ def nms_mask(
         classes = jnp.asarray(classes)
         if classes.shape != (k,):
             raise ValueError(f"nms_mask: classes must be [{k}] like boxes, got {classes.shape}")
-    thr = _as_threshold(iou_threshold)
+    thr = as_threshold(iou_threshold)
     if k == 0:
         return jnp.zeros((0,), bool)
     if presorted:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from yolox_jax.ops.boxes import cxcywh_to_xyxy
-from yolox_jax.ops.nms import _as_threshold, _rounded_product, nms_mask, score_order
+from yolox_jax.ops.nms import as_threshold, nms_mask, rounded_product, score_order
 
 # torchvision's batched_nms on CPU: per-class loop when boxes.numel() > 4000, i.e. > 1000 boxes.
 _VANILLA_MIN_CANDIDATES = 1001
@@ -84,7 +84,7 @@ def _postprocess_one(
     else:
         # max over the coordinates of every candidate (before top-k), as batched_nms sees them
         max_coord = jnp.max(jnp.where(cand[:, None], boxes, -jnp.inf))
-        offsets = _rounded_product(t_cls.astype(jnp.float32), max_coord + jnp.float32(1))
+        offsets = rounded_product(t_cls.astype(jnp.float32), max_coord + jnp.float32(1))
         trick = num_candidates < _VANILLA_MIN_CANDIDATES
         nms_boxes = jnp.where(trick, t_boxes + offsets[:, None], t_boxes)
         nms_cls = jnp.where(trick, 0, t_cls)
@@ -159,7 +159,7 @@ def postprocess(
     return _postprocess_jit(
         decoded.astype(jnp.float32),
         conf,
-        _as_threshold(nms_thr),
+        as_threshold(nms_thr),
         class_agnostic=bool(class_agnostic),
         pre_nms_topk=int(pre_nms_topk),
         max_det=int(max_det),

@@ -7,7 +7,6 @@ crash never leaves a half-written checkpoint behind.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -17,26 +16,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from yolox_jax.config import as_config
+from yolox_jax.config import as_config, config_from_json, config_to_json
+
+# config_to_json / config_from_json live in yolox_jax.config; re-exported here for the callers
+# that still import them from this module (train/checkpointing.py, train/trainer.py).
+__all__ = ["CheckpointNotFound", "config_from_json", "config_to_json", "load_checkpoint",
+           "load_torch_checkpoint", "save_checkpoint"]
 
 
 class CheckpointNotFound(FileNotFoundError):
     pass
-
-
-def config_to_json(config: ml_collections.ConfigDict) -> str:
-    return config.to_json_best_effort(indent=2, sort_keys=True)
-
-
-def config_from_json(text: str) -> ml_collections.ConfigDict:
-    def tuples(x):  # json turns tuples into lists; sizes and ranges are tuples in our configs
-        if isinstance(x, dict):
-            return {k: tuples(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return tuple(tuples(v) for v in x)
-        return x
-
-    return ml_collections.ConfigDict(tuples(json.loads(text)))
 
 
 def save_checkpoint(

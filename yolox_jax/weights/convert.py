@@ -26,17 +26,19 @@ class WeightsError(ValueError):
     """A state dict that does not fit the model (missing/unexpected keys, wrong shapes)."""
 
 
-def _flat(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+def flatten_tree(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Nested dicts -> {path tuple: leaf}."""
     out = {}
     for k, v in tree.items():
         if isinstance(v, Mapping):
-            out.update(_flat(v, (*prefix, k)))
+            out.update(flatten_tree(v, (*prefix, k)))
         else:
             out[(*prefix, k)] = v
     return out
 
 
-def _unflat(flat: Mapping[tuple[str, ...], Any]) -> dict:
+def unflatten_tree(flat: Mapping[tuple[str, ...], Any]) -> dict:
+    """Inverse of `flatten_tree`."""
     tree: dict = {}
     for path, v in flat.items():
         node = tree
@@ -44,6 +46,10 @@ def _unflat(flat: Mapping[tuple[str, ...], Any]) -> dict:
             node = node.setdefault(p, {})
         node[path[-1]] = v
     return tree
+
+
+# The old private names, for train/trainer.py until it imports the public ones (issue 16 phase 2).
+_flat, _unflat = flatten_tree, unflatten_tree
 
 
 def torch_key(collection: str, path: tuple[str, ...]) -> str:
@@ -80,7 +86,7 @@ def expected_torch_shapes(config: ml_collections.ConfigDict, num_classes: int | 
     """Official key -> OIHW shape for a config (num_batches_tracked excluded)."""
     out = {}
     for col, tree in variable_shapes(config, num_classes).items():
-        for path, sds in _flat(tree).items():
+        for path, sds in flatten_tree(tree).items():
             shape = sds.shape
             if path[-1] == "kernel":
                 shape = (shape[3], shape[2], shape[0], shape[1])
@@ -197,9 +203,9 @@ def from_torch_state_dict(
     for col, tree in variable_shapes(config, num_classes).items():
         flat = {
             path: from_torch_layout(path, np.asarray(sd[torch_key(col, path)], np.float32))
-            for path in _flat(tree)
+            for path in flatten_tree(tree)
         }
-        variables[col] = _unflat(flat)
+        variables[col] = unflatten_tree(flat)
     return variables
 
 
@@ -208,8 +214,8 @@ def to_torch_state_dict(
 ) -> dict[str, np.ndarray]:
     """{'params', 'batch_stats'} -> official state dict (float32 numpy, OIHW), with each BN's
     `num_batches_tracked` (int64 0) as the official modules have it."""
-    params = _flat(jax.device_get(variables["params"]))
-    stats = _flat(jax.device_get(variables["batch_stats"]))
+    params = flatten_tree(jax.device_get(variables["params"]))
+    stats = flatten_tree(jax.device_get(variables["batch_stats"]))
     out: dict[str, np.ndarray] = {}
     for path, v in params.items():
         out[torch_key("params", path)] = to_torch_layout(path, np.asarray(v, np.float32))

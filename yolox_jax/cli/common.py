@@ -1,0 +1,127 @@
+"""What several commands share: `--config FILE --config.key=value` parsing, `--tsize`, `--debug`.
+
+Config overrides are parsed by ml_collections' `config_flags` (as `train.py` always did: typed
+values, tuples as `(320,320)`, `path:arg` config files, a locked config), on a private absl
+`FlagValues`, so that every command can mix them with its argparse flags. Before that, every
+override key is checked against the loaded config: a misspelled key is a ConfigError naming
+the closest valid one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import ml_collections
+
+from yolox_jax.cli.errors import UsageError
+from yolox_jax.config import ConfigError, flat_keys, unknown_key_message
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """`--debug` is taken off argv by `errors.run`; listed here so that --help shows it."""
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of one line")
+
+
+def _config_path(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    rest, path, i = [], None, 0
+    argv = list(argv)
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config":
+            if i + 1 >= len(argv):
+                raise UsageError("--config needs a value (configs/yolox_*.py)")
+            path, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return path, rest
+
+
+def _load(path: str, tokens: Sequence[str]) -> ml_collections.ConfigDict:
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    argv = ["yolox-jax", f"--config={path}", *tokens]
+    holder = config_flags.DEFINE_config_file("config", None, "configs/yolox_*.py",
+                                             flag_values=fv, lock_config=True, sys_argv=argv)
+    try:
+        fv(argv)
+        config = holder.value
+        list(config.keys())  # a file that failed to load gives an object raising only now
+        return config
+    except flags.IllegalFlagValueError as e:
+        raise ConfigError(str(e).replace("flag --", "--", 1)) from None
+    except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        if "Failed loading config file" in text or isinstance(e, OSError):
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            detail = lines[-1] if lines else text
+            raise ConfigError(f"cannot load config file {path!r}: {detail}") from None
+        raise ConfigError(f"config overrides {' '.join(tokens)}: {text}") from None
+
+
+def parse_config_args(
+    argv: Sequence[str], required: bool = True
+) -> tuple[ml_collections.ConfigDict | None, list[str]]:
+    """argv -> (the config with its --config.key=value overrides applied, the other args).
+
+    `--config.key value` (value as the next arg) works for every type but bool, as in absl.
+    """
+    path, rest = _config_path(argv)
+    if path is None:
+        stray = [a for a in rest if a.startswith("--config.")]
+        if required or stray:
+            raise UsageError("--config is required (configs/yolox_*.py)"
+                             + (f" for the overrides {' '.join(stray)}" if stray else ""))
+        return None, rest
+    base = _load(path, [])
+    known = set(flat_keys(base))
+    types = {k: type(_get(base, k)) for k in known}
+    tokens, others, i = [], [], 0
+    while i < len(rest):
+        a = rest[i]
+        if not a.startswith("--config."):
+            others.append(a)
+            i += 1
+            continue
+        key, eq, _ = a[len("--config."):].partition("=")
+        if key not in known:
+            raise ConfigError(unknown_key_message(key, known))
+        tokens.append(a)
+        if not eq and types[key] is not bool:
+            if i + 1 >= len(rest):
+                raise UsageError(f"{a} needs a value")
+            tokens.append(rest[i + 1])
+            i += 1
+        i += 1
+    config = _load(path, tokens) if tokens else base
+    return config, others
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def parse_tsize(tsize: Sequence[int] | None, default: Sequence[int]) -> tuple[int, int]:
+    """--tsize S or H W (multiples of 32) -> (H, W); None -> `default` (the config's)."""
+    if tsize is None:
+        size = tuple(int(v) for v in default)
+    elif len(tsize) == 1:
+        size = (int(tsize[0]), int(tsize[0]))
+    elif len(tsize) == 2:
+        size = (int(tsize[0]), int(tsize[1]))
+    else:
+        raise UsageError(f"--tsize takes S or H W, got {list(tsize)}")
+    if size[0] <= 0 or size[1] <= 0 or size[0] % 32 or size[1] % 32:
+        raise UsageError(f"--tsize must be positive multiples of 32 (the network's stride), "
+                         f"got {size[0]}x{size[1]}")
+    return size
