@@ -1,11 +1,11 @@
 """Config -> dataset: the one place that knows which reader a `config.data` section means.
 
-`read_split(config, "train" | "val")` reads a packed shard set (`train_shards` / `val_shards`, a
-folder or URL written by `yolox-jax pack`) when one is set, else COCO json (`train_ann` / `val_ann`, `train_images` /
-`val_images` under `data_dir`), VOC (`voc_train_split` / `voc_val_split`, `class_names`) or YOLO
-(`yaml`, default `data_dir/data.yaml`; the yaml keys `yolo_train_split` / `yolo_val_split`). The
-CLIs, the preview, the trainer and the evaluator all call it.
-YOLO datasets are scored as COCO (`eval.coco_eval.for_scoring`).
+`read_split(config, "train" | "val")` reads a packed shard set (`train_shards` / `val_shards`,
+a folder or URL written by `yolox-jax pack`) when one is set, else COCO json (`train_ann` /
+`val_ann`, `train_images` / `val_images` under `data_dir`), VOC (`voc_train_split` /
+`voc_val_split`, `class_names`) or YOLO (`yaml`, default `data_dir/data.yaml`; the yaml keys
+`yolo_train_split` / `yolo_val_split`). The CLIs, the preview, the trainer and the evaluator
+all call it. YOLO datasets are scored as COCO (`eval.coco_eval.for_scoring`).
 """
 
 from __future__ import annotations
