@@ -4,8 +4,9 @@ Each function equals its textbook definition up to float32 rounding (tested agai
 convolutions and against the official fixtures). Why they exist, measured on XLA's CPU backend
 (2 cores, YOLOX-Nano at 416, batch 8):
 
-* BatchNorm autodiff makes ~6 passes over every activation in the backward; `batch_norm_train`
-  has a hand-written backward with the two reductions it needs and one elementwise pass.
+* BatchNorm + activation autodiff makes ~6 passes over every activation and keeps several
+  intermediates; `batch_norm_train` keeps only its input and recomputes, with a hand-written
+  backward: the two reductions it needs and one elementwise pass.
 * XLA CPU runs grouped (depthwise) convolutions ~40x slower than shifted multiply-adds, and the
   autodiff of those taps is a chain of full-size pads; `depthwise_conv` has a custom backward:
   the input gradient is the same taps over the dilated, padded cotangent, the kernel gradient
@@ -49,41 +50,69 @@ def _moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return m1 + shift, jnp.maximum(m2 - m1 * m1, 0.0)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _bn_train(x, scale, bias, eps):
+def _act(z: jax.Array, act: str) -> jax.Array:
+    if act == "silu":
+        return z * jax.nn.sigmoid(z)
+    if act == "relu":
+        return jnp.maximum(z, 0.0)
+    if act == "lrelu":
+        return jnp.where(z > 0, z, 0.1 * z)
+    if act == "none":
+        return z
+    raise ValueError(f"unsupported activation {act!r}; expected 'silu', 'relu', 'lrelu' or 'none'")
+
+
+def _act_grad(z: jax.Array, act: str) -> jax.Array:
+    """d act(z) / dz, elementwise."""
+    if act == "silu":
+        s = jax.nn.sigmoid(z)
+        return s * (1.0 + z * (1.0 - s))
+    if act == "relu":
+        return (z > 0).astype(z.dtype)
+    if act == "lrelu":
+        return jnp.where(z > 0, 1.0, 0.1).astype(z.dtype)
+    return jnp.ones_like(z)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _bn_act_train(x, scale, bias, eps, act):
     mean, var = _moments(x)
-    return (x - mean) * (jax.lax.rsqrt(var + eps) * scale) + bias, mean, var
+    z = (x - mean) * (jax.lax.rsqrt(var + eps) * scale) + bias
+    return _act(z, act), mean, var
 
 
-def _bn_train_fwd(x, scale, bias, eps):
+def _bn_act_train_fwd(x, scale, bias, eps, act):
     mean, var = _moments(x)
     rstd = jax.lax.rsqrt(var + eps)
-    return ((x - mean) * (rstd * scale) + bias, mean, var), (x, mean, rstd, scale)
+    z = (x - mean) * (rstd * scale) + bias
+    # Only x and per-channel vectors are kept: the backward recomputes the normalised values
+    # and the activation's derivative, which costs less than writing and reading them back.
+    return (_act(z, act), mean, var), (x, mean, rstd, scale, bias)
 
 
-def _bn_train_bwd(eps, res, cotangents):
+def _bn_act_train_bwd(eps, act, res, cotangents):
     # The batch statistics feed only the running averages, which nothing differentiates (as in
     # torch), so their cotangents are dropped.
-    x, mean, rstd, scale = res
-    g = cotangents[0]
+    x, mean, rstd, scale, bias = res
     n = x.shape[0] * x.shape[1] * x.shape[2]
     xhat = (x - mean) * rstd
+    g = cotangents[0] * _act_grad(xhat * scale + bias, act)
     dbias = jnp.sum(g, _AXES)
     dscale = jnp.sum(g * xhat, _AXES)
     dx = (scale * rstd) * (g - dbias / n - xhat * (dscale / n))
     return dx, dscale, dbias
 
 
-_bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)
+_bn_act_train.defvjp(_bn_act_train_fwd, _bn_act_train_bwd)
 
 
 def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float,
-                     dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """BN with batch statistics over [B, H, W, C] -> (y in `dtype`, mean [C], biased var [C]);
-    statistics and normalisation in float32. Under jit over a batch-sharded x the moments are
-    over the global batch."""
+                     dtype: Any, act: str = "none") -> tuple[jax.Array, jax.Array, jax.Array]:
+    """act(BN(x)) with batch statistics over [B, H, W, C] -> (y in `dtype`, mean [C], biased
+    var [C]); statistics, normalisation and activation in float32. Under jit over a
+    batch-sharded x the moments are over the global batch. `act`: silu, relu, lrelu or none."""
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    y, mean, var = _bn_train(xf, scale, bias, float(eps))
+    y, mean, var = _bn_act_train(xf, scale, bias, float(eps), act)
     return y.astype(dtype), mean, var
 
 

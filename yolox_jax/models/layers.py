@@ -74,7 +74,7 @@ def activation(name: str):
 
 
 class BatchNorm(nn.Module):
-    """BatchNorm2d with torch semantics over NHWC.
+    """BatchNorm2d with torch semantics over NHWC, then `act`.
 
     Normalises with the biased batch variance but stores the *unbiased* one in the running
     variance (torch does; Flax's BatchNorm stores the biased one), statistics in float32
@@ -83,6 +83,7 @@ class BatchNorm(nn.Module):
     """
 
     s: Settings = Settings()
+    act: str = "none"  # the activation that follows, fused into the training backward
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
@@ -94,8 +95,10 @@ class BatchNorm(nn.Module):
         if use_running_average:
             y = kernels.batch_norm_inference(x, ra_mean.value, ra_var.value, scale, bias,
                                              self.s.bn_eps)
-            return y.astype(self.s.dtype)
-        y, mean, var = kernels.batch_norm_train(x, scale, bias, self.s.bn_eps, self.s.dtype)
+            y = y.astype(self.s.dtype)
+            return y if self.act == "none" else activation(self.act)(y)
+        y, mean, var = kernels.batch_norm_train(x, scale, bias, self.s.bn_eps, self.s.dtype,
+                                                self.act)
         if not self.is_initializing():
             n = int(np.prod(x.shape[:-1]))
             unbiased = var * (n / max(n - 1, 1))
@@ -147,8 +150,7 @@ class BaseConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = Conv(self.features, self.ksize, self.stride, self.groups, s=self.s, name="conv")(x)
-        x = BatchNorm(self.s, name="bn")(x, use_running_average=not train)
-        return activation(self.s.act)(x)
+        return BatchNorm(self.s, self.s.act, name="bn")(x, use_running_average=not train)
 
 
 class DWConv(nn.Module):
