@@ -68,16 +68,17 @@ def test_conv2d_cpu_forms_equal_xla_conv_values_and_gradients(case):
 
 
 def test_depthwise_per_image_kernel_gradient_path(monkeypatch):
-    """Large maps take the image-by-image kernel gradient: same result as the batched one."""
+    """Large maps take the kernel gradient chunk by chunk: same result as the batched one."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3, 16, 16, 8)).astype(np.float32)
     kernel = rng.normal(size=(3, 3, 1, 8)).astype(np.float32)
     grads = {}
-    for name, threshold in (("batched", 1 << 40), ("per_image", 1)):
-        monkeypatch.setattr(kernels, "_PER_IMAGE_MIN", threshold)
+    for name, threshold in (("batched", 1 << 40), ("per_image", 1), ("chunks", 16 * 16 * 8)):
+        monkeypatch.setattr(kernels, "_CHUNK_ELEMENTS", threshold)
         f = jax.jit(jax.grad(lambda a, kr: jnp.sum(kernels.depthwise_conv(a, kr, 1) ** 2), 1))
         grads[name] = f(x, kernel)
     assert _rel(grads["per_image"], grads["batched"]) < 1e-6
+    assert _rel(grads["chunks"], grads["batched"]) < 1e-6
 
 
 def _plain_bn(x, scale, bias, eps):
@@ -135,19 +136,21 @@ def test_spp_cascade_equals_direct_pools_values_and_gradients():
     def direct(x, sizes=(5, 9, 13)):
         return [_pool(x, k) for k in sizes]
 
-    for a, b in zip(spp_pools(x, (5, 9, 13)), direct(x), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     probe = [rng.normal(size=x.shape).astype(np.float32) for _ in range(3)]
 
     def loss(pools):
         return lambda x: sum(jnp.sum(p * w) for p, w in zip(pools(x), probe, strict=True))
 
-    g_cascade = jax.grad(loss(lambda x: spp_pools(x, (5, 9, 13))))(x)
     g_direct = jax.grad(loss(direct))(x)
-    np.testing.assert_allclose(np.asarray(g_cascade), np.asarray(g_direct), rtol=1e-6, atol=1e-6)
-    # Sizes that are not a cascade of the first are pooled directly.
-    for a, b in zip(spp_pools(x, (3, 7)), direct(x, (3, 7)), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for cpu in (False, True):  # reduce-window pools, and the shifted maxima of the CPU kernels
+        for a, b in zip(spp_pools(x, (5, 9, 13), cpu), direct(x), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        g_cascade = jax.jit(jax.grad(loss(lambda x, cpu=cpu: spp_pools(x, (5, 9, 13), cpu))))(x)
+        np.testing.assert_allclose(np.asarray(g_cascade), np.asarray(g_direct), rtol=1e-6,
+                                   atol=1e-6)
+        # Sizes that are not a cascade of the first are pooled directly.
+        for a, b in zip(spp_pools(x, (3, 7), cpu), direct(x, (3, 7)), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_settings_kernels_value_is_checked():

@@ -202,21 +202,23 @@ class ResLayer(nn.Module):
         return x + y
 
 
-def max_pool_same(x: jax.Array, k: int) -> jax.Array:
+def max_pool_same(x: jax.Array, k: int, cpu: bool = False) -> jax.Array:
     """k x k max pool, stride 1, -inf padding k//2 (the official SPP pool), [B, H, W, C]."""
+    if cpu:
+        return kernels.max_pool(x, k)
     return nn.max_pool(x, window_shape=(k, k), strides=(1, 1), padding="SAME")
 
 
-def spp_pools(x: jax.Array, kernel_sizes: Sequence[int]) -> list[jax.Array]:
+def spp_pools(x: jax.Array, kernel_sizes: Sequence[int], cpu: bool = False) -> list[jax.Array]:
     """The SPP max pools of `x`. Pools of sizes k, 2k-1, 3k-2, ... are computed as a cascade of
     k x k pools (SPPF): with stride 1 and -inf padding a max over a (2k-1) window *is* the max of
     k-window maxes, so the result is identical and the backward pass is much cheaper."""
     pools, prev, k0 = [], x, kernel_sizes[0]
     for i, k in enumerate(kernel_sizes):
         if i > 0 and k == kernel_sizes[i - 1] + k0 - 1:
-            prev = max_pool_same(prev, k0)
+            prev = max_pool_same(prev, k0, cpu)
         else:
-            prev = max_pool_same(x, k)
+            prev = max_pool_same(x, k, cpu)
         pools.append(prev)
     return pools
 
@@ -231,7 +233,7 @@ class SPPBottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = BaseConv(x.shape[-1] // 2, 1, 1, s=self.s, name="conv1")(x, train)
-        x = jnp.concatenate([x, *spp_pools(x, self.kernel_sizes)], axis=-1)
+        x = jnp.concatenate([x, *spp_pools(x, self.kernel_sizes, self.s.cpu_kernels())], axis=-1)
         return BaseConv(self.features, 1, 1, s=self.s, name="conv2")(x, train)
 
 
