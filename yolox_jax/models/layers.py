@@ -6,8 +6,10 @@ Flax parameter path joined with '.' *is* the official state-dict key (see `weigh
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -110,17 +112,39 @@ class DepthwiseConv(nn.Module):
         return out
 
 
+_DEPTHWISE_IMPL: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "yolox_jax_depthwise_impl", default=None
+)
+
+
+@contextlib.contextmanager
+def depthwise_impl(impl: str) -> Iterator[None]:
+    """Trace depthwise convs as `impl` ("taps" or "conv") inside the block, whatever the backend
+    or environment: the ONNX exporter traces the grouped-conv form (one grouped Conv node)."""
+    if impl not in ("taps", "conv"):
+        raise ValueError(f"depthwise impl must be 'taps' or 'conv', got {impl!r}")
+    token = _DEPTHWISE_IMPL.set(impl)
+    try:
+        yield
+    finally:
+        _DEPTHWISE_IMPL.reset(token)
+
+
 def use_depthwise_taps() -> bool:
-    """Shifted taps on CPU, XLA's grouped conv elsewhere; `YOLOX_JAX_DEPTHWISE=taps|conv`
-    forces one (same parameters and results either way)."""
-    forced = os.environ.get("YOLOX_JAX_DEPTHWISE", "").lower()
+    """Shifted taps on CPU, XLA's grouped conv elsewhere; `depthwise_impl(...)` (a context) or
+    `YOLOX_JAX_DEPTHWISE=taps|conv` forces one (same parameters and results either way)."""
+    forced = _DEPTHWISE_IMPL.get() or os.environ.get("YOLOX_JAX_DEPTHWISE", "").lower()
     if forced in ("taps", "conv"):
         return forced == "taps"
     return jax.default_backend() == "cpu"
 
 
 class BaseConv(nn.Module):
-    """Conv2d (symmetric padding (k-1)//2, no bias) -> BatchNorm -> activation."""
+    """Conv2d (symmetric padding (k-1)//2, no bias) -> BatchNorm -> activation.
+
+    With BatchNorm-folded variables (`export.fold_batchnorm`: `conv` has a `bias`, no `bn`, no
+    batch_stats) the same module computes conv + bias -> activation (inference only).
+    """
 
     features: int
     ksize: int
@@ -150,10 +174,25 @@ class BaseConv(nn.Module):
                 kernel_init=torch_conv_kernel_init,
                 name="conv",
             )(x)
-        x = BatchNorm(self.bn_momentum, self.bn_eps, self.dtype, name="bn")(
-            x, use_running_average=not train
-        )
+        folded = self._folded_bias()
+        if folded is not None:
+            if train:
+                raise ValueError("BatchNorm-folded variables are for inference only (train=False)")
+            x = x + folded.astype(x.dtype)
+        else:
+            x = BatchNorm(self.bn_momentum, self.bn_eps, self.dtype, name="bn")(
+                x, use_running_average=not train
+            )
         return activation(self.act)(x)
+
+    def _folded_bias(self) -> jax.Array | None:
+        """The folded conv bias [C] when the variables are BatchNorm-folded, else None."""
+        if self.is_initializing():
+            return None
+        params = self.variables.get("params", {})
+        if "bn" in params or "bias" not in params.get("conv", {}):
+            return None
+        return jnp.asarray(params["conv"]["bias"])
 
 
 class DWConv(nn.Module):
