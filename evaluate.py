@@ -30,7 +30,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None,
                    help="configs/*.py or a variant name; default: from the checkpoint")
     p.add_argument("--checkpoint", "-c", required=True,
-                   help="exported folder, training workdir, or official .pth")
+                   help="exported folder, training workdir, official .pth, or .onnx file")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "openvino"), default="auto",
+                   help="runtime for a .onnx --checkpoint (auto: onnxruntime, else OpenVINO)")
     p.add_argument("--data-dir", default=None, help="dataset root; default: config data.data_dir")
     p.add_argument("--ann", default=None,
                    help="COCO json relative to --data-dir (or its annotations/); omitted: VOC")
@@ -124,10 +126,13 @@ def main(argv: list[str]) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from yolox_jax.eval.evaluator import evaluate_dataset
-    from yolox_jax.inference import Predictor
-    from yolox_jax.weights.checkpoint import load_checkpoint
+    from yolox_jax.export.runtime import OnnxModelError
+    from yolox_jax.inference import Predictor, load_model
 
-    model, variables, config = load_checkpoint(args.checkpoint, args.config)
+    try:
+        model, variables, config = load_model(args.checkpoint, args.config, backend=args.backend)
+    except OnnxModelError as e:
+        raise SystemExit(f"evaluate.py: {e}") from None
     info = read_dataset(args, config)
     if args.limit > 0:
         info.records = info.records[: args.limit]

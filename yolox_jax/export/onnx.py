@@ -80,6 +80,23 @@ _INLINE = ("jit", "pjit", "closed_call", "core_call", "remat", "checkpoint", "cu
            "custom_vjp_call", "custom_vjp_call_jaxpr")
 
 
+def _np_broadcast_in_dim(x: np.ndarray, shape: Sequence[int],
+                         broadcast_dimensions: Sequence[int], **_: Any) -> np.ndarray:
+    expanded = [1] * len(shape)
+    for i, d in enumerate(broadcast_dimensions):
+        expanded[d] = x.shape[i]
+    return np.broadcast_to(x.reshape(expanded), tuple(shape))
+
+
+# Weight-only ops folded in numpy (exact: layout ops and casts; the rest go through jax.bind).
+_NUMPY_FOLD: dict[str, Callable[..., np.ndarray]] = {
+    "broadcast_in_dim": _np_broadcast_in_dim,
+    "reshape": lambda x, new_sizes, **_: x.reshape(tuple(new_sizes)),
+    "convert_element_type": lambda x, new_dtype, **_: x.astype(np.dtype(new_dtype)),
+    "transpose": lambda x, permutation, **_: np.transpose(x, permutation),
+}
+
+
 def _inv(perm: Sequence[int]) -> tuple[int, ...]:
     out = [0] * len(perm)
     for i, p in enumerate(perm):
@@ -195,6 +212,10 @@ class _Converter:
             sub, consts = _sub_jaxpr(eqn)
             return self.run(sub, consts, ins)
         if all(v.is_const for v in ins):  # constant folding at export time
+            fast = _NUMPY_FOLD.get(name)
+            if fast is not None and not eqn.params.get("dimensions"):
+                a = np.asarray(fast(*[v.const for v in ins], **eqn.params))
+                return [_Val(a.shape, a.dtype, const=a)]
             outs = eqn.primitive.bind(*[v.const for v in ins], **eqn.params)
             outs = outs if eqn.primitive.multiple_results else [outs]
             return [_Val(np.shape(o), np.asarray(o).dtype, const=np.asarray(o)) for o in outs]
