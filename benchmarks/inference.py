@@ -18,6 +18,7 @@ torchvision is never imported: its `ops.nms` / `ops.batched_nms` are replaced by
 written in torch (greedy NMS, IoU > threshold suppresses, as torchvision's CPU kernel; batched via
 the coordinate offset trick). The ratio printed is ours / official (end-to-end images/s).
 
+`--threads N` sets the thread count of torch, onnxruntime and OpenVINO (JAX keeps its own).
 `--backends`: one row per backend: `jax` (the jitted Predictor), `jax-fold` (the same with
 BatchNorm folded into the convs), `onnxruntime` / `openvino` (the model exported by
 `yolox_jax.export` with a dynamic batch, run through `Predictor`: same letterbox, jitted
@@ -132,7 +133,7 @@ def make_predictor(backend: str, model: Any, variables: Any, config: Any, batch:
         path.write_bytes(export_onnx(model, variables, config,
                                      input_size=tuple(config.data.test_size),
                                      dynamic=True).SerializeToString())
-    return Predictor(OnnxModel(path, backend), None, **kw)
+    return Predictor(OnnxModel(path, backend, num_threads=args.threads), None, **kw)
 
 
 def predictor_path(p: Any, images: Sequence[np.ndarray], batch: int) -> dict[str, Any]:
@@ -292,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--checkpoint", default=None,
                    help="weights to use instead of random ones (one variant: the checkpoint's)")
     p.add_argument("--official", default=None, help="official YOLOX checkout (needs torch)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads of torch, onnxruntime and OpenVINO (0: their defaults; JAX "
+                        "keeps its own)")
     args = p.parse_args(argv)
     warnings.simplefilter("ignore", CandidateOverflowWarning)  # random weights: expected
 
@@ -326,7 +330,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
           f"dtype {args.dtype}, {len(images)} images {images[0].shape[1]}x{images[0].shape[0]}"
           f"{' from ' + args.images if args.images else ' (random)'}, conf {args.conf}, "
           f"nms {args.nms}, {'weights ' + args.checkpoint if loaded else 'random weights'}, "
-          f"{args.rounds} interleaved rounds, load average {os.getloadavg()[0]:.2f}")
+          f"{args.rounds} interleaved rounds, threads {args.threads or 'default'}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     header = (f"{'variant':<16s} {'input':>8s} {'batch':>5s} {'backend':>11s} "
               f"{'compile s':>9s} {'e2e img/s':>9s} {'device img/s':>12s} {'ms/batch':>9s}")
     if args.official:
@@ -343,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             model, variables = build_model(config), random_variables(config)
         official = load_official(args.official, name, variables, config) if args.official \
             else None
+        if official is not None and args.threads:
+            official[1].torch.set_num_threads(args.threads)
         size = "x".join(str(v) for v in config.data.test_size)
         for b in batch_sizes:
             paths, devices_fn, compile_s = {}, {}, {}
