@@ -9,6 +9,10 @@ bucket so that serving a new batch size, or changing the thresholds, does not re
   device count; larger inputs are split into chunks of the largest bucket);
 * `conf` / `nms` are traced float32 scalars;
 * the batch is sharded over every local device (a 1-D mesh, axis "data"), the weights replicated.
+
+An exported `.onnx` (`load_model` / `Predictor.from_checkpoint`) runs its network in onnxruntime
+or OpenVINO on the host instead; letterbox, postprocess (`make_finish_fn`) and `ImageDetections`
+are the same code.
 """
 
 from __future__ import annotations
