@@ -2,6 +2,7 @@
 
     python benchmarks/inference.py --variants nano,tiny,s --batch-sizes 1,32
         [--dtype bfloat16] [--images DIR] [--official /path/to/YOLOX]
+        [--backends jax,jax-fold,onnxruntime,openvino] [--rounds 3]
 
 Each variant runs at its test size (nano / tiny 416, the others 640) with random weights on the
 present JAX backend. Per batch size one row: the compile time (first call minus a steady call),
@@ -16,6 +17,14 @@ images in the same process: `ValTransform`, `model(x)`, `postprocess(...)`, boxe
 torchvision is never imported: its `ops.nms` / `ops.batched_nms` are replaced by an equivalent
 written in torch (greedy NMS, IoU > threshold suppresses, as torchvision's CPU kernel; batched via
 the coordinate offset trick). The ratio printed is ours / official (end-to-end images/s).
+
+`--threads N` sets the thread count of torch, onnxruntime and OpenVINO (JAX keeps its own).
+`--backends`: one row per backend: `jax` (the jitted Predictor), `jax-fold` (the same with
+BatchNorm folded into the convs), `onnxruntime` / `openvino` (the model exported by
+`yolox_jax.export` with a dynamic batch, run through `Predictor`: same letterbox, jitted
+postprocess). For each (variant, batch) every path is warmed up first, then timed in `--rounds`
+interleaved rounds (the order rotating), the official path among them, so that load from other
+processes hits all of them alike; the median over all timed calls is reported.
 """
 
 from __future__ import annotations
@@ -107,27 +116,36 @@ def _batches(images: Sequence[Any], batch: int) -> Callable[[], list[Any]]:
     return next_batch
 
 
-def bench_ours(model: Any, variables: Any, config: Any, images: Sequence[np.ndarray],
-               batch: int, args: argparse.Namespace) -> dict[str, float]:
-    import jax
-
+def make_predictor(backend: str, model: Any, variables: Any, config: Any, batch: int,
+                   args: argparse.Namespace, workdir: Path) -> Any:
+    """A Predictor for one backend (ONNX backends export the model to `workdir` first)."""
     from yolox_jax.inference import Predictor
 
-    p = Predictor(model, variables, config=config, conf=args.conf, nms=args.nms,
-                  dtype=args.dtype, batch_buckets=(batch,))
+    kw = dict(conf=args.conf, nms=args.nms, batch_buckets=(batch,))
+    if backend in ("jax", "jax-fold"):
+        return Predictor(model, variables, config=config, dtype=args.dtype,
+                         fold_bn=backend == "jax-fold", **kw)
+    from yolox_jax.export.cli import export_onnx
+    from yolox_jax.export.runtime import OnnxModel
+
+    path = workdir / f"{config.name}.onnx"
+    if not path.exists():
+        path.write_bytes(export_onnx(model, variables, config,
+                                     input_size=tuple(config.data.test_size),
+                                     dynamic=True).SerializeToString())
+    return Predictor(OnnxModel(path, backend, num_threads=args.threads), None, **kw)
+
+
+def predictor_path(p: Any, images: Sequence[np.ndarray], batch: int) -> dict[str, Any]:
+    """{'run': one end-to-end call, 'device': one prepared-batch call} for a Predictor."""
+    import jax
+
     next_batch = _batches(images, batch)
-    t = time.perf_counter()
-    p(next_batch())  # compiles
-    first = time.perf_counter() - t
-    e2e = _steady(lambda: p(next_batch()), args.min_time)
     prepared = [p.preprocess(img) for img in images[:batch]]
     inputs = np.stack([x for x, _, _ in prepared])
     ratios = np.array([r for _, r, _ in prepared])
-    dev = _steady(lambda: jax.block_until_ready(p.run_batch(inputs, ratios)), args.min_time)
-    p.close()
-    step = statistics.median(e2e)
-    return {"compile_s": max(first - step, 0.0), "e2e_ips": batch / step,
-            "device_ips": batch / statistics.median(dev), "ms_per_batch": 1e3 * step}
+    return {"run": lambda: p(next_batch()),
+            "device": lambda: jax.block_until_ready(p.run_batch(inputs, ratios))}
 
 
 # ----------------------------------------------------------------------------- official side
@@ -218,9 +236,10 @@ def load_official(path: str, variant: str, variables: Any, config: Any) -> tuple
     return model, ns
 
 
-def bench_official(model: Any, ns: Any, images: Sequence[np.ndarray], batch: int,
-                   args: argparse.Namespace) -> dict[str, float]:
-    """The official `tools/demo.py` path on batches: ValTransform, forward, postprocess, / ratio."""
+def official_path(model: Any, ns: Any, images: Sequence[np.ndarray], batch: int, conf: float,
+                  nms: float) -> Callable:
+    """One call of the official `tools/demo.py` path on a batch: ValTransform, forward,
+    postprocess, boxes / ratio."""
     torch = ns.torch
     preproc = ns.ValTransform(legacy=False)
     h, w = ns.test_size
@@ -230,17 +249,27 @@ def bench_official(model: Any, ns: Any, images: Sequence[np.ndarray], batch: int
         imgs = next_batch()
         x = torch.from_numpy(np.stack([preproc(img, None, ns.test_size)[0] for img in imgs]))
         with torch.no_grad():
-            out = ns.postprocess(model(x.float()), ns.num_classes, args.conf, args.nms,
+            out = ns.postprocess(model(x.float()), ns.num_classes, conf, nms,
                                  class_agnostic=False)
         for o, img in zip(out, imgs, strict=True):
             if o is not None:
                 o[:, :4] /= min(h / img.shape[0], w / img.shape[1])
         return out
 
-    run()  # warm-up
-    steps = _steady(run, args.min_time)
-    return {"official_ips": batch / statistics.median(steps), "torch_threads":
-            torch.get_num_threads()}
+    return run
+
+
+def interleaved(paths: dict[str, Callable[[], Any]], rounds: int, min_time: float
+                ) -> dict[str, list[float]]:
+    """Per-call seconds of each path, timed in `rounds` rounds of min_time / rounds seconds
+    each, the order rotating every round."""
+    names = list(paths)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            times[n].extend(_steady(paths[n], min_time / rounds, min_iters=2))
+    return times
 
 
 # ----------------------------------------------------------------------------------- main
@@ -251,23 +280,38 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", default="nano,s", help="comma list: nano,tiny,s,m,l,x,darknet53")
     p.add_argument("--batch-sizes", default="1,32", help="comma list of batch sizes")
+    p.add_argument("--backends", default="jax",
+                   help="comma list: jax, jax-fold, onnxruntime, openvino")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--conf", type=float, default=0.3)
     p.add_argument("--nms", type=float, default=0.45)
     p.add_argument("--images", default=None, help="folder of images (default: random 480x640)")
     p.add_argument("--num-images", type=int, default=64, help="distinct images cycled through")
-    p.add_argument("--min-time", type=float, default=3.0, help="seconds timed per measurement")
+    p.add_argument("--min-time", type=float, default=3.0,
+                   help="seconds timed per path and measurement (split over the rounds)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     p.add_argument("--checkpoint", default=None,
                    help="weights to use instead of random ones (one variant: the checkpoint's)")
     p.add_argument("--official", default=None, help="official YOLOX checkout (needs torch)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads of torch, onnxruntime and OpenVINO (0: their defaults; JAX "
+                        "keeps its own)")
     args = p.parse_args(argv)
     warnings.simplefilter("ignore", CandidateOverflowWarning)  # random weights: expected
+
+    import os
+    import tempfile
 
     import jax
 
     from yolox_jax.config import canonical_name, variant_config
     from yolox_jax.models.yolox import build_model
 
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    known = ("jax", "jax-fold", "onnxruntime", "openvino")
+    for b in backends:
+        if b not in known:
+            raise SystemExit(f"--backends: unknown backend {b!r}; expected {', '.join(known)}")
     variants = [canonical_name(v) for v in args.variants.split(",") if v.strip()]
     loaded = None
     if args.checkpoint:
@@ -285,14 +329,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     print(f"backend {jax.default_backend()} ({len(devices)} x {devices[0].device_kind}), "
           f"dtype {args.dtype}, {len(images)} images {images[0].shape[1]}x{images[0].shape[0]}"
           f"{' from ' + args.images if args.images else ' (random)'}, conf {args.conf}, "
-          f"nms {args.nms}, {'weights ' + args.checkpoint if loaded else 'random weights'}")
-    header = (f"{'variant':<16s} {'input':>8s} {'batch':>5s} {'compile s':>9s} "
-              f"{'e2e img/s':>9s} {'device img/s':>12s} {'ms/batch':>9s}")
+          f"nms {args.nms}, {'weights ' + args.checkpoint if loaded else 'random weights'}, "
+          f"{args.rounds} interleaved rounds, threads {args.threads or 'default'}, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    header = (f"{'variant':<16s} {'input':>8s} {'batch':>5s} {'backend':>11s} "
+              f"{'compile s':>9s} {'e2e img/s':>9s} {'device img/s':>12s} {'ms/batch':>9s}")
     if args.official:
         header += f" {'official img/s':>14s} {'ratio':>6s}"
     print(header)
     print("-" * len(header))
     rows = []
+    workdir = Path(tempfile.mkdtemp(prefix="yolox_bench_"))
     for name in variants:
         if loaded is not None:
             model, variables, config = loaded
@@ -301,20 +348,43 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             model, variables = build_model(config), random_variables(config)
         official = load_official(args.official, name, variables, config) if args.official \
             else None
+        if official is not None and args.threads:
+            official[1].torch.set_num_threads(args.threads)
         size = "x".join(str(v) for v in config.data.test_size)
         for b in batch_sizes:
-            r = {"variant": name, "input": size, "batch": b,
-                 **bench_ours(model, variables, config, images, b, args)}
-            line = (f"{name:<16s} {size:>8s} {b:>5d} {r['compile_s']:>9.1f} "
-                    f"{r['e2e_ips']:>9.1f} {r['device_ips']:>12.1f} {r['ms_per_batch']:>9.1f}")
+            paths, devices_fn, compile_s = {}, {}, {}
+            for backend in backends:
+                pred = make_predictor(backend, model, variables, config, b, args, workdir)
+                fns = predictor_path(pred, images, b)
+                t = time.perf_counter()
+                fns["run"]()  # compiles
+                first = time.perf_counter() - t
+                step = statistics.median(_steady(fns["run"], 0.0, min_iters=2))
+                compile_s[backend] = max(first - step, 0.0)
+                paths[backend], devices_fn[backend] = fns["run"], fns["device"]
             if official is not None:
-                r.update(bench_official(*official, images, b, args))
-                r["ratio"] = r["e2e_ips"] / r["official_ips"]
-                line += f" {r['official_ips']:>14.1f} {r['ratio']:>6.2f}"
-            print(line, flush=True)
-            rows.append(r)
+                paths["official"] = official_path(*official, images, b, args.conf, args.nms)
+                paths["official"]()  # warm-up
+            times = interleaved(paths, args.rounds, args.min_time)
+            off_ips = b / statistics.median(times["official"]) if official is not None else None
+            for backend in backends:
+                step = statistics.median(times[backend])
+                dev = statistics.median(_steady(devices_fn[backend], args.min_time / 3))
+                r = {"variant": name, "input": size, "batch": b, "backend": backend,
+                     "compile_s": compile_s[backend], "e2e_ips": b / step,
+                     "device_ips": b / dev, "ms_per_batch": 1e3 * step}
+                line = (f"{name:<16s} {size:>8s} {b:>5d} {backend:>11s} {r['compile_s']:>9.1f} "
+                        f"{r['e2e_ips']:>9.1f} {r['device_ips']:>12.1f} "
+                        f"{r['ms_per_batch']:>9.1f}")
+                if off_ips is not None:
+                    r.update(official_ips=off_ips, ratio=r["e2e_ips"] / off_ips,
+                             torch_threads=official[1].torch.get_num_threads())
+                    line += f" {off_ips:>14.1f} {r['ratio']:>6.2f}"
+                print(line, flush=True)
+                rows.append(r)
     if args.official and rows:
-        print(f"(official: torch {rows[0]['torch_threads']} threads; ratio = ours / official)")
+        print(f"(official: torch {rows[0]['torch_threads']} threads; ratio = ours / official, "
+              f"end-to-end; load average now {os.getloadavg()[0]:.2f})")
     return rows
 
 

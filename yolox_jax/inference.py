@@ -9,6 +9,10 @@ bucket so that serving a new batch size, or changing the thresholds, does not re
   device count; larger inputs are split into chunks of the largest bucket);
 * `conf` / `nms` are traced float32 scalars;
 * the batch is sharded over every local device (a 1-D mesh, axis "data"), the weights replicated.
+
+An exported `.onnx` (`load_model` / `Predictor.from_checkpoint`) runs its network in onnxruntime
+or OpenVINO on the host instead; letterbox, postprocess (`make_finish_fn`) and `ImageDetections`
+are the same code.
 """
 
 from __future__ import annotations
@@ -85,6 +89,49 @@ class ImageDetections:
         return out
 
 
+def make_finish_fn(
+    *,
+    class_agnostic: bool = False,
+    pre_nms_topk: int = 1000,
+    max_det: int = 300,
+    num_classes: int | None = None,
+    raw_hw: Sequence[int] | None = None,
+) -> Callable[..., Detections]:
+    """The one head-output -> detections step of every backend, pure and jittable:
+    `finish(outputs [B, N, 5 + C], ratios [B], conf, nms) -> Detections` in source pixels.
+
+    outputs: decoded (cx, cy, w, h, obj, cls probs), or, with `raw_hw` (the network input
+    (H, W)), the official raw ONNX layout (xy cell offsets, log wh, sigmoided scores), decoded
+    here with the model's anchor grid. `num_classes` < C: only the first `num_classes` class
+    scores are used, as the official `postprocess(num_classes=...)` slices them.
+    """
+    grid = strides = None
+    if raw_hw is not None:
+        from yolox_jax.models.head import STRIDES, anchor_grid
+
+        h, w = int(raw_hw[0]), int(raw_hw[1])
+        grid, strides = anchor_grid([(h // s, w // s) for s in STRIDES])
+
+    def finish(outputs: jax.Array, ratios: jax.Array, conf: jax.Array, nms: jax.Array
+               ) -> Detections:
+        decoded = outputs.astype(jnp.float32)
+        if grid is not None:
+            from yolox_jax.models.head import decode_boxes
+
+            boxes = decode_boxes(decoded[..., :4], jnp.asarray(grid), jnp.asarray(strides))
+            decoded = jnp.concatenate([boxes, decoded[..., 4:]], axis=-1)
+        if num_classes is not None:
+            decoded = decoded[..., : 5 + int(num_classes)]
+        det = postprocess(
+            decoded, conf, nms, class_agnostic=class_agnostic,
+            pre_nms_topk=pre_nms_topk, max_det=max_det,
+        )
+        scale = ratios.astype(jnp.float32)[:, None, None]
+        return det._replace(boxes=det.boxes / scale)
+
+    return finish
+
+
 def make_predict_fn(
     model: Any,
     *,
@@ -98,26 +145,25 @@ def make_predict_fn(
     images [B, H, W, 3] (uint8 or float32, BGR 0..255, or legacy-normalised float32), ratios [B]
     (letterbox scale per image), conf / nms float32 scalars (pass `nms_threshold_f32(nms)` for the
     exact torchvision double comparison). The network runs in the model's dtype, postprocess in
-    float32; boxes of the result are divided by the ratios (original-image pixels, float32 as the
-    official `bboxes /= scale`). `num_classes` < the model's: only the first `num_classes` class
-    scores are used, as the official `postprocess(num_classes=...)` slices them.
+    float32 (`make_finish_fn`); boxes of the result are divided by the ratios (original-image
+    pixels, float32 as the official `bboxes /= scale`).
     """
+    finish = make_finish_fn(class_agnostic=class_agnostic, pre_nms_topk=pre_nms_topk,
+                            max_det=max_det, num_classes=num_classes)
 
     def predict_fn(
         variables: Any, images: jax.Array, ratios: jax.Array, conf: jax.Array, nms: jax.Array
     ) -> Detections:
         x = images.astype(jnp.float32)
-        decoded = model.apply(variables, x, train=False).astype(jnp.float32)  # [B, N, 5 + C]
-        if num_classes is not None:
-            decoded = decoded[..., : 5 + int(num_classes)]
-        det = postprocess(
-            decoded, conf, nms, class_agnostic=class_agnostic,
-            pre_nms_topk=pre_nms_topk, max_det=max_det,
-        )
-        scale = ratios.astype(jnp.float32)[:, None, None]
-        return det._replace(boxes=det.boxes / scale)
+        decoded = model.apply(variables, x, train=False)  # [B, N, 5 + C]
+        return finish(decoded, ratios, conf, nms)
 
     return predict_fn
+
+
+def is_host_model(model: Any) -> bool:
+    """True for an exported model run by a host runtime (`export.runtime.OnnxModel`)."""
+    return bool(getattr(model, "runs_on_host", False))
 
 
 def num_anchors(input_size: Sequence[int]) -> int:
@@ -143,6 +189,11 @@ class Predictor:
     -> every anchor (never truncates, exactly the official result); max_det None -> every
     detection NMS keeps (no cap, as the official eval). dtype "bfloat16" runs the network in
     bf16 (weights stay float32), postprocess stays float32. devices: default `jax.local_devices()`.
+
+    `model` may also be an exported ONNX model (`export.runtime.OnnxModel`, `variables` None): the
+    network then runs in onnxruntime / OpenVINO on NCHW float32 batches (the file's input size and,
+    if static, batch size), followed by the same jitted postprocess. `fold_bn` folds BatchNorm into
+    the convs of a Flax model first (`export.fold_batchnorm`; same results to float rounding).
     """
 
     def __init__(
@@ -162,7 +213,16 @@ class Predictor:
         config: ml_collections.ConfigDict | None = None,
         devices: Sequence[Any] | None = None,
         num_threads: int = 4,
+        fold_bn: bool = False,
     ) -> None:
+        host = is_host_model(model)
+        if host:
+            if input_size is not None and tuple(input_size) != tuple(model.input_hw):
+                raise ValueError(f"{model.path} takes {model.input_hw[0]}x{model.input_hw[1]} "
+                                 f"inputs (fixed at export), not {tuple(input_size)!r}")
+            if jnp.dtype(dtype) != jnp.float32:
+                raise ValueError(f"{model.path}: an ONNX model runs in float32, not {dtype}")
+            input_size = model.input_hw
         if input_size is None:
             input_size = tuple(config.data.test_size) if config is not None else (416, 416)
         if len(input_size) != 2 or input_size[0] % 32 or input_size[1] % 32:
@@ -179,7 +239,13 @@ class Predictor:
         self.legacy = bool(legacy)
         self.dtype = jnp.dtype(dtype)
         self.num_threads = int(num_threads)
-        if self.dtype != jnp.dtype(model.dtype):
+        self.host = host
+        if not host and fold_bn:
+            from yolox_jax.export.fold import fold_batchnorm, is_folded
+
+            if not is_folded(variables):
+                variables = fold_batchnorm(variables, model)
+        if not host and self.dtype != jnp.dtype(model.dtype):
             if config is not None:
                 from yolox_jax.models.yolox import build_model
 
@@ -198,21 +264,34 @@ class Predictor:
         self.mesh = Mesh(np.array(self.devices), ("data",))
         self._data_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.buckets = _bucket_sizes(batch_buckets, len(self.devices))
-        self.variables = jax.device_put(variables, replicated)
-        self.predict_fn = make_predict_fn(
-            model,
-            class_agnostic=self.class_agnostic,
-            pre_nms_topk=self.pre_nms_topk,
-            max_det=self.max_det,
-            num_classes=None if self.num_classes == model_classes else self.num_classes,
-        )
-        self._jitted = jax.jit(
-            self.predict_fn,
-            in_shardings=(replicated, self._data_sharding, self._data_sharding, replicated,
-                          replicated),
-            out_shardings=self._data_sharding,
-        )
+        num_classes_arg = None if self.num_classes == model_classes else self.num_classes
+        self._forward_jit: Callable[..., Any] | None = None
+        if host:  # the network on the host runtime, then the same postprocess, jitted
+            self.buckets = (model.batch,) if model.batch is not None else _bucket_sizes(
+                batch_buckets, 1)
+            self.variables = None
+            self.predict_fn = None
+            self._jitted = jax.jit(make_finish_fn(
+                class_agnostic=self.class_agnostic, pre_nms_topk=self.pre_nms_topk,
+                max_det=self.max_det, num_classes=num_classes_arg,
+                raw_hw=None if model.decoded else self.input_size,
+            ))
+        else:
+            self.buckets = _bucket_sizes(batch_buckets, len(self.devices))
+            self.variables = jax.device_put(variables, replicated)
+            self.predict_fn = make_predict_fn(
+                model,
+                class_agnostic=self.class_agnostic,
+                pre_nms_topk=self.pre_nms_topk,
+                max_det=self.max_det,
+                num_classes=num_classes_arg,
+            )
+            self._jitted = jax.jit(
+                self.predict_fn,
+                in_shardings=(replicated, self._data_sharding, self._data_sharding, replicated,
+                              replicated),
+                out_shardings=self._data_sharding,
+            )
         self._pool: ThreadPoolExecutor | None = None
         self.images_seen = 0
         self.images_over_topk = 0
@@ -272,9 +351,24 @@ class Predictor:
             ratios = np.concatenate([ratios, np.ones(b - n, ratios.dtype)])
         conf_v = np.float32(self.conf if conf is None else conf)
         nms_v = nms_threshold_f32(self.nms if nms is None else nms)
+        if self.host:
+            outputs = self.model(to_nchw(inputs))
+            return self._jitted(outputs, np.asarray(ratios, np.float32), conf_v, nms_v)
         images = jax.device_put(inputs, self._data_sharding)
         scale = jax.device_put(np.asarray(ratios, np.float32), self._data_sharding)
         return self._jitted(self.variables, images, scale, conf_v, nms_v)
+
+    def forward(self, inputs: np.ndarray) -> np.ndarray:
+        """The network alone on prepared inputs [n, H, W, 3] (n a bucket size) -> its outputs
+        [n, A, 5 + C] on the host (blocks); for timing the forward pass apart from NMS."""
+        if self.host:
+            return self.model(to_nchw(inputs))
+        if self._forward_jit is None:
+            model = self.model
+            self._forward_jit = jax.jit(
+                lambda v, x: model.apply(v, x.astype(jnp.float32), train=False))
+        x = jax.device_put(inputs, self._data_sharding)
+        return np.asarray(self._forward_jit(self.variables, x))
 
     def unpack(self, det: Detections, ratios: Sequence[float],
                shapes: Sequence[tuple[int, int]]) -> list[ImageDetections]:
@@ -363,12 +457,33 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike | Path, config: Any = None, **kwargs: Any
+        cls, path: str | os.PathLike | Path, config: Any = None, backend: str = "auto",
+        **kwargs: Any
     ) -> Predictor:
-        """Load an exported folder / training workdir / official .pth and wrap it; the config's
-        test_size and legacy flag are the defaults."""
-        from yolox_jax.weights.checkpoint import load_checkpoint
-
-        model, variables, cfg = load_checkpoint(path, config)
+        """Load an exported folder / training workdir / official .pth / .onnx file (onnxruntime
+        or OpenVINO: `backend`) and wrap it; the config's test_size and legacy flag are the
+        defaults."""
+        model, variables, cfg = load_model(path, config, backend=backend)
         kwargs.setdefault("legacy", bool(cfg.data.get("legacy", False)))
         return cls(model, variables, config=cfg, **kwargs)
+
+
+def to_nchw(inputs: np.ndarray) -> np.ndarray:
+    """Prepared inputs [n, H, W, 3] (uint8 or float32) -> the official ONNX input [n, 3, H, W]
+    float32 (what `ValTransform` returns per image)."""
+    return np.ascontiguousarray(np.transpose(inputs, (0, 3, 1, 2)), dtype=np.float32)
+
+
+def load_model(
+    path: str | os.PathLike | Path, config: Any = None, backend: str = "auto"
+) -> tuple[Any, Any, ml_collections.ConfigDict]:
+    """(model, variables, config) for any checkpoint `Predictor` runs: a `.onnx` file gives an
+    `OnnxModel` on `backend` and variables None; anything else goes to `load_checkpoint`."""
+    from yolox_jax.export.runtime import is_onnx_path, load_onnx
+
+    if is_onnx_path(path):
+        model, cfg = load_onnx(path, config, backend=backend)
+        return model, None, cfg
+    from yolox_jax.weights.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, config)

@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "installed)", file=sys.stderr)
         return 2
     module = importlib.import_module(module_name)
-    if module_name.startswith("yolox_jax.cli."):
+    if module_name.startswith("yolox_jax.cli.") or module_name == "yolox_jax.export.cli":
         return int(module.main(rest, prog=f"yolox-jax {name}") or 0)
     from yolox_jax.cli import errors
 

@@ -23,12 +23,14 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from yolox_jax.config import ConfigError
     from yolox_jax.data.io import UnreadableImageError
     from yolox_jax.data.readers import DatasetError
+    from yolox_jax.export.runtime import ExportUsageError, OnnxModelError
     from yolox_jax.plots import MetricsError, PlotsUnavailable
     from yolox_jax.weights.convert import WeightsError
     from yolox_jax.weights.torch_io import CheckpointError
 
     return (UsageError, ConfigError, DatasetError, UnreadableImageError, WeightsError,
-            CheckpointError, AssetError, MetricsError, PlotsUnavailable, FileNotFoundError,
+            CheckpointError, AssetError, MetricsError, PlotsUnavailable, ExportUsageError,
+            OnnxModelError, FileNotFoundError,
             NotADirectoryError, IsADirectoryError, PermissionError)
 
 

@@ -41,7 +41,9 @@ def make_parser(prog: str = "yolox-jax eval") -> argparse.ArgumentParser:
     p.add_argument("--config", default=None,
                    help="configs/*.py or a variant name; default: from the checkpoint")
     p.add_argument("--checkpoint", "-c", required=True,
-                   help="exported folder, training workdir, or official .pth")
+                   help="exported folder, training workdir, official .pth, or .onnx file")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "openvino"), default="auto",
+                   help="runtime for a .onnx --checkpoint (auto: onnxruntime, else OpenVINO)")
     p.add_argument("--data-dir", default=None, help="dataset root; default: config data.data_dir")
     p.add_argument("--shards", default=None,
                    help="a packed shard set (folder or URL, yolox-jax pack) instead of "
@@ -168,10 +170,9 @@ def _main(argv: list[str], prog: str) -> int:
         plots.require_matplotlib()
     from yolox_jax.eval.coco_eval import for_scoring
     from yolox_jax.eval.evaluator import evaluate_dataset
-    from yolox_jax.inference import Predictor
-    from yolox_jax.weights.checkpoint import load_checkpoint
+    from yolox_jax.inference import Predictor, load_model
 
-    model, variables, config = load_checkpoint(args.checkpoint, args.config)
+    model, variables, config = load_model(args.checkpoint, args.config, backend=args.backend)
     read = read_dataset(args, config)
     if args.limit > 0:
         read.records = read.records[: args.limit]

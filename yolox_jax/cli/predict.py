@@ -61,7 +61,9 @@ def make_parser(prog: str = "yolox-jax predict") -> argparse.ArgumentParser:
     p.add_argument("--name", "-n", default=None,
                    help="variant name (yolox_nano, yolox-s, ...), like the official -n")
     p.add_argument("--checkpoint", "--ckpt", "-c", required=True,
-                   help="exported folder, training workdir, or official .pth")
+                   help="exported folder, training workdir, official .pth, or .onnx file")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "openvino"), default="auto",
+                   help="runtime for a .onnx --checkpoint (auto: onnxruntime, else OpenVINO)")
     p.add_argument("--conf", type=float, default=0.3, help="score threshold (obj * cls)")
     p.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold")
     p.add_argument("--tsize", type=int, nargs="+", default=None,
@@ -137,12 +139,12 @@ def list_images(path: str) -> list[Path]:
 def build_predictor(args: argparse.Namespace) -> tuple[Any, tuple[str, ...]]:
     """Load the checkpoint and wrap it; -> (Predictor, class names)."""
     from yolox_jax.data.classes import class_names_for
-    from yolox_jax.inference import Predictor
-    from yolox_jax.weights.checkpoint import load_checkpoint
+    from yolox_jax.inference import Predictor, load_model
 
     if args.config is not None and args.name is not None:
         raise DemoError("give --config or --name, not both")
-    model, variables, config = load_checkpoint(args.checkpoint, args.config or args.name)
+    model, variables, config = load_model(args.checkpoint, args.config or args.name,
+                                          backend=args.backend)
     names = class_names_for(tuple(config.data.get("class_names", ())), int(model.num_classes),
                             str(config.data.get("format", "coco")))
     batch = max(1, int(args.batch_size))

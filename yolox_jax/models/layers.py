@@ -139,7 +139,11 @@ class Conv(nn.Module):
 
 
 class BaseConv(nn.Module):
-    """Conv2d (symmetric padding (k-1)//2, no bias) -> BatchNorm -> activation."""
+    """Conv2d (symmetric padding (k-1)//2, no bias) -> BatchNorm -> activation.
+
+    With BatchNorm-folded variables (`export.fold_batchnorm`: `conv` has a `bias`, no `bn`, no
+    batch_stats) the same module computes conv + bias -> activation (inference only).
+    """
 
     features: int
     ksize: int
@@ -149,8 +153,21 @@ class BaseConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = Conv(self.features, self.ksize, self.stride, self.groups, s=self.s, name="conv")(x)
+        folded = self._folded_bias()
+        x = Conv(self.features, self.ksize, self.stride, self.groups,
+                 use_bias=folded, s=self.s, name="conv")(x)
+        if folded:
+            if train:
+                raise ValueError("BatchNorm-folded variables are for inference only (train=False)")
+            return activation(self.s.act)(x)
         return BatchNorm(self.s, self.s.act, name="bn")(x, use_running_average=not train)
+
+    def _folded_bias(self) -> bool:
+        """Whether the variables are BatchNorm-folded (a conv bias and no BN)."""
+        if self.is_initializing():
+            return False
+        params = self.variables.get("params", {})
+        return "bn" not in params and "bias" in params.get("conv", {})
 
 
 class DWConv(nn.Module):

@@ -1,0 +1,12 @@
+"""Export a checkpoint to ONNX with the official interface (see `yolox_jax/export/cli.py`).
+
+    python export.py --config configs/yolox_nano.py --checkpoint yolox_nano.pth \
+        --output yolox_nano.onnx [--tsize 416] [--dynamic] [--decode-in-inference] [--opset 11]
+"""
+
+import sys
+
+from yolox_jax.export.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

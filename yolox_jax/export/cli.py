@@ -1,0 +1,199 @@
+"""Export a YOLOX checkpoint to ONNX with the official `tools/export_onnx.py` interface.
+
+    python export.py --config configs/yolox_nano.py --checkpoint yolox_nano.pth \\
+        --output yolox_nano.onnx [--tsize 416] [--dynamic] [--decode-in-inference] [--opset 11]
+        [--batch 1] [--legacy]
+
+The graph input is `images` [N, 3, H, W] float32 (BGR 0..255 letterboxed as `ValTransform`, or
+legacy-normalised RGB with --legacy), the output `output` [N, A, 5 + C]: the official raw layout
+(xy cell offsets, log wh, sigmoided obj and class scores) or, with --decode-in-inference, boxes
+(cx, cy, w, h) in input pixels. NMS stays outside the graph, as in the official export. BatchNorm
+is folded into the convs; the network is the traced Flax model (no second implementation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from yolox_jax.export.onnx import MAX_OPSET, MIN_OPSET
+
+
+class ExportUsageError(ValueError):
+    """A bad export argument or input file: printed as one line, exit code 2."""
+
+
+def export_onnx(
+    model: Any,
+    variables: Any,
+    config: Any = None,
+    *,
+    input_size: Sequence[int] = (416, 416),
+    batch: int = 1,
+    dynamic: bool = False,
+    decode_in_inference: bool = False,
+    opset: int = 11,
+    legacy: bool = False,
+) -> Any:
+    """A Flax YOLOX + its variables -> `onnx.ModelProto` with the official interface.
+
+    BatchNorm is folded first (`fold_batchnorm`), every conv is traced as XLA's convolution,
+    `dynamic` names the batch axis "batch" (else it is `batch`). Our metadata (`yolox_jax.*`:
+    decode_in_inference, legacy, variant, config json) lets `Predictor` read the file back.
+    """
+    from yolox_jax.export.fold import fold_batchnorm, is_folded
+    from yolox_jax.export.onnx import to_onnx
+
+    h, w = (int(v) for v in input_size)
+    if h % 32 or w % 32 or h <= 0 or w <= 0:
+        raise ExportUsageError(f"input size {h}x{w} is not a multiple of 32")
+    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
+        raise ExportUsageError(f"ONNX opset {opset} is not supported: expected "
+                               f"{MIN_OPSET}..{MAX_OPSET}")
+    if int(batch) < 1:
+        raise ExportUsageError(f"batch size must be >= 1, got {batch}")
+    folded = variables if is_folded(variables) else fold_batchnorm(variables, model)
+    folded = jax.tree.map(np.asarray, folded)
+    decode = bool(decode_in_inference)
+
+    # XLA's convolution and pooling primitives everywhere (one Conv / MaxPool node each), not the
+    # CPU training formulations (models/kernels.py).
+    xla_model = model.clone(kernels="xla")
+
+    def forward(x: jax.Array) -> jax.Array:
+        return xla_model.apply(folded, x, train=False, decode=decode)
+
+    meta = {
+        "yolox_jax.decode_in_inference": "true" if decode else "false",
+        "yolox_jax.legacy": "true" if legacy else "false",
+        "yolox_jax.num_classes": str(int(model.num_classes)),
+    }
+    if config is not None:
+        from yolox_jax.config import config_to_json
+
+        cfg = config.copy_and_resolve_references()
+        cfg.data.test_size = (h, w)
+        meta["yolox_jax.variant"] = str(cfg.name)
+        meta["yolox_jax.config"] = config_to_json(cfg)
+    return to_onnx(forward, (h, w), batch="batch" if dynamic else int(batch),
+                   opset=int(opset), metadata=meta,
+                   doc="YOLOX exported by yolox-jax: images [N,3,H,W] BGR 0..255 -> output "
+                       "[N,A,5+C]")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="export.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "-f", default=None,
+                   help="configs/*.py or a variant name; default: from the checkpoint")
+    p.add_argument("--checkpoint", "--ckpt", "-c", required=True,
+                   help="official .pth, exported folder, or training workdir")
+    p.add_argument("--output", "--output-name", "-o", required=True, help="the .onnx to write")
+    p.add_argument("--tsize", type=int, nargs="+", default=None,
+                   help="input size: S (square) or H W, multiples of 32; default: the config's "
+                        "test_size")
+    p.add_argument("--dynamic", action="store_true", help="symbolic batch axis ('batch')")
+    p.add_argument("--decode-in-inference", "--decode_in_inference", action="store_true",
+                   help="decoded boxes (cx, cy, w, h in input pixels) instead of the raw layout")
+    p.add_argument("--opset", type=int, default=11,
+                   help=f"ONNX opset ({MIN_OPSET}..{MAX_OPSET}; default 11, as the official)")
+    p.add_argument("--batch", "--batch-size", type=int, default=1,
+                   help="static batch size (ignored with --dynamic)")
+    p.add_argument("--legacy", action=argparse.BooleanOptionalAction, default=None,
+                   help="the model expects legacy-normalised input (default: the config's)")
+    return p
+
+
+def _input_size(tsize: Sequence[int] | None, config: Any) -> tuple[int, int]:
+    if tsize is None:
+        return tuple(int(v) for v in config.data.test_size)
+    if len(tsize) == 1:
+        return (int(tsize[0]), int(tsize[0]))
+    if len(tsize) == 2:
+        return (int(tsize[0]), int(tsize[1]))
+    raise ExportUsageError(f"--tsize takes S or H W, got {list(tsize)}")
+
+
+def _check_variant(variables: Any, config: Any, checkpoint: str) -> None:
+    """The checkpoint's variable shapes must be the config's (an exported folder or workdir
+    loaded with another --config is otherwise only found deep inside Flax)."""
+    from yolox_jax.weights.convert import variable_shapes
+
+    num_classes = int(variables["params"]["head"]["cls_preds.0"]["bias"].shape[0])
+    want = variable_shapes(config, num_classes)["params"]
+    got_paths = {jax.tree_util.keystr(k): np.shape(v) for k, v in
+                 jax.tree_util.tree_leaves_with_path(variables["params"])}
+    want_paths = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
+                  jax.tree_util.tree_leaves_with_path(want)}
+    if got_paths != want_paths:
+        diff = sorted(set(got_paths.items()) ^ set(want_paths.items()))
+        raise ExportUsageError(
+            f"checkpoint {checkpoint!r} does not fit {config.name} (--config): "
+            f"{len(diff)} parameter shapes differ, e.g. {diff[0][0]} {diff[0][1]}")
+
+
+def run(args: argparse.Namespace) -> Path:
+    from yolox_jax.export.runtime import is_onnx_path
+    from yolox_jax.weights.checkpoint import CheckpointNotFound, load_checkpoint
+    from yolox_jax.weights.convert import WeightsError
+
+    if args.tsize is not None:
+        bad = [v for v in args.tsize if v <= 0 or v % 32]
+        if bad:
+            raise ExportUsageError(f"--tsize {bad[0]} is not a multiple of 32")
+    if not MIN_OPSET <= args.opset <= MAX_OPSET:
+        raise ExportUsageError(f"--opset {args.opset} is not supported: expected "
+                               f"{MIN_OPSET}..{MAX_OPSET}")
+    if args.batch < 1:
+        raise ExportUsageError(f"--batch must be >= 1, got {args.batch}")
+    if is_onnx_path(args.checkpoint):
+        raise ExportUsageError(f"--checkpoint {args.checkpoint!r} is an ONNX file already; "
+                               "export takes an official .pth, an exported folder or a workdir")
+    out = Path(args.output)
+    if out.suffix.lower() != ".onnx":
+        raise ExportUsageError(f"--output {args.output!r} must end in .onnx")
+    try:
+        model, variables, config = load_checkpoint(args.checkpoint, args.config)
+    except (WeightsError, CheckpointNotFound, FileNotFoundError) as e:
+        raise ExportUsageError(str(e).splitlines()[0]) from None
+    if args.config is not None:
+        _check_variant(variables, config, args.checkpoint)
+    size = _input_size(args.tsize, config)
+    legacy = bool(config.data.get("legacy", False)) if args.legacy is None else args.legacy
+    t0 = time.perf_counter()
+    proto = export_onnx(model, variables, config, input_size=size, batch=args.batch,
+                        dynamic=args.dynamic, decode_in_inference=args.decode_in_inference,
+                        opset=args.opset, legacy=legacy)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(proto.SerializeToString())
+    os.replace(tmp, out)  # never a half-written .onnx under the final name
+    n = len(proto.graph.node)
+    shape = ["batch" if args.dynamic else args.batch, 3, *size]
+    print(json.dumps({"output": str(out), "variant": str(config.name), "input": shape,
+                      "decode_in_inference": bool(args.decode_in_inference),
+                      "opset": args.opset, "nodes": n, "legacy": legacy,
+                      "seconds": round(time.perf_counter() - t0, 2)}))
+    return out
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "export.py") -> int:
+    """The export command; returns the exit code (2 with one line on stderr for bad input,
+    `--debug` for the traceback)."""
+    from yolox_jax.cli import errors
+
+    def _main(args: list[str]) -> int:
+        parser = make_parser()
+        parser.prog = prog
+        run(parser.parse_args(args))
+        return 0
+
+    return errors.run(_main, argv, prog)
