@@ -125,7 +125,7 @@ def make_predictor(backend: str, model: Any, variables: Any, config: Any, batch:
     if backend in ("jax", "jax-fold"):
         return Predictor(model, variables, config=config, dtype=args.dtype,
                          fold_bn=backend == "jax-fold", **kw)
-    from yolox_jax.export.cli import export_onnx
+    from yolox_jax.export.exporter import export_onnx
     from yolox_jax.export.runtime import OnnxModel
 
     path = workdir / f"{config.name}.onnx"

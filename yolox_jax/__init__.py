@@ -15,7 +15,7 @@ _LAZY = {
     "load_checkpoint": "yolox_jax.weights.checkpoint",
     "save_checkpoint": "yolox_jax.weights.checkpoint",
     "Predictor": "yolox_jax.inference",
-    "export_onnx": "yolox_jax.export.cli",
+    "export_onnx": "yolox_jax.export.exporter",
     "fold_batchnorm": "yolox_jax.export.fold",
     "compute_losses": "yolox_jax.train.losses",
     "weights": "yolox_jax.weights",

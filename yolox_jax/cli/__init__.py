@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("yolox_jax.cli.train", "train or fine-tune (--config FILE --config.KEY=VALUE)"),
     "eval": ("yolox_jax.cli.evaluate", "score a checkpoint on a COCO / VOC / YOLO dataset"),
     "predict": ("yolox_jax.cli.predict", "detect in images, folders, videos or a camera"),
-    "export": ("yolox_jax.export.cli", "export a checkpoint to ONNX"),
+    "export": ("yolox_jax.cli.export", "export a checkpoint to ONNX"),
     "convert": ("yolox_jax.cli.convert", "official .pth <-> yolox-jax checkpoint"),
     "convert-dataset": ("yolox_jax.cli.convert_dataset", "a dataset between VOC, COCO and YOLO"),
     "pack": ("yolox_jax.data.pack", "pack a dataset into ArrayRecord shards"),
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "installed)", file=sys.stderr)
         return 2
     module = importlib.import_module(module_name)
-    if module_name.startswith("yolox_jax.cli.") or module_name == "yolox_jax.export.cli":
+    if module_name.startswith("yolox_jax.cli."):
         return int(module.main(rest, prog=f"yolox-jax {name}") or 0)
     from yolox_jax.cli import errors
 

@@ -23,7 +23,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from yolox_jax.config import ConfigError
     from yolox_jax.data.io import UnreadableImageError
     from yolox_jax.data.readers import DatasetError
-    from yolox_jax.export.runtime import ExportUsageError, OnnxModelError
+    from yolox_jax.export.exporter import ExportUsageError
+    from yolox_jax.export.runtime import OnnxModelError
     from yolox_jax.plots import MetricsError, PlotsUnavailable
     from yolox_jax.weights.convert import WeightsError
     from yolox_jax.weights.torch_io import CheckpointError
