@@ -50,7 +50,11 @@ def test_raw_output_matches_official_torch_and_onnx(nano, dog):
     print(f"\nvs torch raw: abs {abs_t:.2e} rel {rel_t:.2e}; decoded: abs {abs_d:.2e} "
           f"rel {rel_d:.2e}; vs ONNX raw: abs {abs_o:.2e} rel {rel_o:.2e}; "
           f"official torch vs ONNX: abs {gap:.2e}")
-    assert abs_t < 2e-4 and rel_t < 2e-5
+    # Two float32 implementations: evaluated in float64, these weights give outputs that the
+    # official torch misses by 1.0e-4 abs / 2.7e-5 rel and its own ONNX export by 1.7e-4 / 4.7e-5
+    # (measured); our eager and jitted forwards land at 6e-5..1.4e-4 / 1.7e-5..3.8e-5 depending
+    # on the summation order XLA picks. The bar is that band, not one lucky order.
+    assert abs_t < 2e-4 and rel_t < 4e-5
     # ONNX Runtime fuses and reorders differently: no farther from it than twice torch is.
     assert abs_o < 2 * gap and rel_o < 1e-4
     assert rel_d < 2e-5

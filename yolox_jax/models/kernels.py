@@ -120,13 +120,15 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float
 def _taps(xp: jax.Array, kernel: jax.Array, stride: int, h: int, w: int) -> jax.Array:
     """sum_ij xp[:, s*y + i, s*x + j] * kernel[i, j]: a depthwise correlation of an already
     padded [B, Hp, Wp, C] input with [k, k, C] -> [B, h, w, C]."""
-    k, out = kernel.shape[0], None
+    k, out, dtype = kernel.shape[0], None, xp.dtype
+    acc = jnp.promote_types(dtype, jnp.float32)  # bfloat16 taps add up in float32, as XLA's conv
+    xp, kernel = xp.astype(acc), kernel.astype(acc)
     for i in range(k):
         for j in range(k):
             tap = xp[:, i : i + stride * (h - 1) + 1 : stride,
                      j : j + stride * (w - 1) + 1 : stride] * kernel[i, j]
             out = tap if out is None else out + tap
-    return out
+    return out.astype(dtype)
 
 
 def _out_size(n: int, k: int, stride: int) -> int:
@@ -223,8 +225,12 @@ def max_pool(x: jax.Array, k: int) -> jax.Array:
 
 
 def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """1x1 stride-1 conv as a matrix product: [..., Cin] x [1, 1, Cin, Cout] -> [..., Cout]."""
-    return jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+    """1x1 stride-1 conv as a matrix product: [..., Cin] x [1, 1, Cin, Cout] -> [..., Cout],
+    accumulated in float32 when x is bfloat16 (as XLA's convolution does)."""
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    y = jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())),
+                            preferred_element_type=acc)
+    return y.astype(x.dtype)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1,
