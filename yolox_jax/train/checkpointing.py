@@ -2,9 +2,12 @@
 
 Each step folder holds the whole `TrainState` (params, EMA, optimizer state, step, RNG) and, as
 json, where the data stream is (epoch, next batch) and the run's metrics. Saves are async and
-atomic (orbax writes to a temporary folder and renames), so a crash or SIGTERM during a save
-never corrupts the last good checkpoint. The latest `keep` are kept; the best-AP EMA weights are
-exported separately to `workdir/best` by the trainer.
+atomic: orbax writes `<step>.orbax-checkpoint-tmp`, renames it to `<step>` once every file is
+written, and deletes checkpoints beyond the latest `keep` only after that, so a crash, SIGTERM or
+SIGKILL during a save never loses the last complete checkpoint (tested by killing a run inside
+the commit: tests/test_trainer_processes.py). Left-over temporary folders of a killed save are
+removed when the next run opens the directory. The best-AP EMA weights are exported separately
+to `workdir/best` by the trainer.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ class TrainCheckpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+                max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True,
             ),
         )
 
