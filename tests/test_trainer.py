@@ -300,3 +300,31 @@ def test_init_from_with_other_classes_reinitialises_only_the_class_head(
     np.testing.assert_array_equal(
         jax.tree.leaves(stem)[0], jax.tree.leaves(loaded["params"]["backbone"])[0])
     assert merged["params"]["head"]["cls_preds.0"]["bias"].shape == (3,)
+
+
+def test_progress_bar_only_on_a_terminal_outside_ci(monkeypatch):
+    import io
+
+    from yolox_jax.train.progress import EpochProgress, progress_enabled
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("CI", raising=False)
+    assert progress_enabled(True, Tty())
+    assert not progress_enabled(False, Tty())  # only process 0
+    assert not progress_enabled(True, io.StringIO())  # not a terminal (a log file, a pipe)
+    monkeypatch.setenv("CI", "true")
+    assert not progress_enabled(True, Tty())
+
+    out = Tty()
+    bar = EpochProgress(True, max_epoch=3, file=out)
+    bar.start(epoch=1, done=2, total=5)
+    bar.update({"total": 7.25, "iou": 3.0, "obj": 2.0, "cls": 1.0, "l1": 0.25}, 12.5, 75.0)
+    bar.write("epoch 2/3 iter 3/5 total 7.250")
+    bar.close()
+    text = out.getvalue()
+    assert "epoch 2/3" in text and "3/5" in text  # resumed at batch 2, one step done
+    assert "total=7.250" in text and "img/s=12.5" in text and "ETA=0:01:15" in text
+    assert "epoch 2/3 iter 3/5 total 7.250\n" in text  # log lines pass above the bar

@@ -69,17 +69,30 @@ class TrainCheckpointer:
         self.manager.close()
 
 
-def load_inference_variables(workdir: str | Path) -> tuple[dict, ml_collections.ConfigDict]:
-    """EMA variables (or the raw ones when EMA is off) and config of a workdir's latest
-    checkpoint, without knowing the optimizer structure."""
+def load_inference_variables(workdir: str | Path, step: int | None = None
+                             ) -> tuple[dict, ml_collections.ConfigDict]:
+    """EMA variables (or the raw ones when EMA is off) and config of a workdir's latest (or
+    `step`) checkpoint, without knowing the optimizer structure, onto this process's first
+    device: a checkpoint written by a multi-host run (another topology) loads on one machine."""
+    from jax.sharding import SingleDeviceSharding
+
     directory = Path(workdir).absolute() / "checkpoints"
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step()
+    manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()},
+    )
+    step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{directory} holds no checkpoint")
+    tree = manager.item_metadata(step)["state"]
+    device = SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            getattr(tree, "tree", tree))
     out = manager.restore(
         step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                meta=ocp.args.JsonRestore()),
     )
     state, meta = out.state, out.meta
     config = config_from_json(meta["config"])

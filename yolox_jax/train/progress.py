@@ -24,9 +24,10 @@ class EpochProgress:
     `update(metrics, images_per_s, eta_s)` advances it by one step; `write(msg)` prints a line
     above it (or plainly, when there is no bar)."""
 
-    def __init__(self, enabled: bool, max_epoch: int):
+    def __init__(self, enabled: bool, max_epoch: int, file: Any = None):
         self.enabled = bool(enabled)
         self.max_epoch = int(max_epoch)
+        self.file = file  # None: stderr
         self._bar = None
 
     def start(self, epoch: int, done: int, total: int) -> None:
@@ -36,7 +37,7 @@ class EpochProgress:
         from tqdm import tqdm
 
         self._bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{self.max_epoch}",
-                         unit="step", dynamic_ncols=True, leave=True)
+                         unit="step", dynamic_ncols=True, leave=True, file=self.file)
 
     def update(self, metrics: dict[str, float], images_per_s: float, eta_s: float) -> None:
         if self._bar is None:
@@ -52,7 +53,7 @@ class EpochProgress:
         if self._bar is not None:
             from tqdm import tqdm
 
-            tqdm.write(msg)
+            tqdm.write(msg, file=self.file)
         else:
             print(msg, flush=True)
 
