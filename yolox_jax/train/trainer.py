@@ -284,7 +284,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                 logger.print(f"{who}: saved step {step}, exiting")
         finally:
             stream.close()
-            loader.close()
+            loader.close()  # the worker processes
+            loader.store.close()  # the image cache (shared memory for data.cache="ram")
             run_log.close()
             ckpt.close()
             logger.close()
