@@ -30,3 +30,10 @@ def need_shared(relpath: str) -> Path:
 @pytest.fixture
 def shared_data() -> Path:
     return need_shared("data")
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory) -> Path:
+    """One persistent compilation cache for the session: a program compiled by one test module
+    (the tiny trainer config's train step) is loaded by the next, and by its subprocesses."""
+    return tmp_path_factory.mktemp("jax_cache")

@@ -21,9 +21,9 @@ from yolox_jax.train.checkpointing import TrainCheckpointer
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def dataset(tmp_path_factory, jax_cache):
     root = tmp_path_factory.mktemp("voc")
-    return write_voc(root / "tiny"), root / "jax_cache"
+    return write_voc(root / "tiny"), jax_cache
 
 
 def _losses(workdir: Path) -> list[tuple[int, float]]:

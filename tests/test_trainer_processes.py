@@ -158,11 +158,11 @@ def _losses(workdir: Path) -> list[tuple[int, float]]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, jax_cache):
     from tiny_voc import write_voc
 
     root = tmp_path_factory.mktemp("voc_processes")
-    return write_voc(root / "tiny8"), write_voc(root / "tiny12", n=12), root / "jax_cache"
+    return write_voc(root / "tiny8"), write_voc(root / "tiny12", n=12), jax_cache
 
 
 @pytest.fixture(scope="module")

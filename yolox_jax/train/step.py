@@ -167,12 +167,20 @@ def _per_device(grad_fn: Callable, mesh: Mesh) -> Callable:
     (per-device BN statistics and num_fg), gradients and new BN statistics averaged over `data`."""
 
     def local(params, batch_stats, images, labels, use_l1):
+        # Parameters marked as varying over `data`: the gradient is then each device's own.
+        # (Taken w.r.t. the replicated value, shard_map would already sum it over devices.)
+        params = _varying(params)
         grads, (losses, new_bs) = grad_fn(params, batch_stats, images, labels, use_l1)
         grads = jax.lax.pmean(grads, DATA_AXIS)
         new_bs = jax.lax.pmean(new_bs, DATA_AXIS)
         losses = {k: (jax.lax.psum(v, DATA_AXIS) if k in _SUMMED_METRICS
                       else jax.lax.pmean(v, DATA_AXIS)) for k, v in losses.items()}
         return grads, (losses, new_bs)
+
+    def _varying(tree):
+        if hasattr(jax.lax, "pcast"):
+            return jax.lax.pcast(tree, DATA_AXIS, to="varying")
+        return jax.lax.pvary(tree, DATA_AXIS)  # jax < 0.8
 
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS), P()),
                          out_specs=(P(), (P(), P())))
