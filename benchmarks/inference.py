@@ -260,10 +260,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--checkpoint", default=None,
                    help="weights to use instead of random ones (one variant: the checkpoint's)")
     p.add_argument("--official", default=None, help="official YOLOX checkout (needs torch)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="no persistent compilation cache (else a rerun's compile s is the time "
+                        "to load the cached program)")
     args = p.parse_args(argv)
     warnings.simplefilter("ignore", CandidateOverflowWarning)  # random weights: expected
 
     import jax
+
+    from yolox_jax.train.compile import enable_compilation_cache
+
+    if not args.no_cache:
+        print(f"compilation cache: {enable_compilation_cache()}")
 
     from yolox_jax.config import canonical_name, variant_config
     from yolox_jax.models.yolox import build_model
