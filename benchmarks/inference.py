@@ -296,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--threads", type=int, default=0,
                    help="threads of torch, onnxruntime and OpenVINO (0: their defaults; JAX "
                         "keeps its own)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="no persistent compilation cache (else a rerun's compile s is the time "
+                        "to load the cached program)")
     args = p.parse_args(argv)
     warnings.simplefilter("ignore", CandidateOverflowWarning)  # random weights: expected
 
@@ -303,6 +306,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     import tempfile
 
     import jax
+
+    from yolox_jax.train.compile import enable_compilation_cache
+
+    if not args.no_cache:
+        print(f"compilation cache: {enable_compilation_cache()}")
 
     from yolox_jax.config import canonical_name, variant_config
     from yolox_jax.models.yolox import build_model

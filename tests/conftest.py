@@ -47,3 +47,10 @@ def nano_coco_subset_stats() -> dict:
     predictor = Predictor(model, variables, input_size=(416, 416), conf=0.001, nms=0.65,
                           pre_nms_topk=None, max_det=None, batch_buckets=(8,))
     return evaluate_dataset(predictor, info, batch_size=8, progress=False).stats
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory) -> Path:
+    """One persistent compilation cache for the session: a program compiled by one test module
+    (the tiny trainer config's train step) is loaded by the next, and by its subprocesses."""
+    return tmp_path_factory.mktemp("jax_cache")

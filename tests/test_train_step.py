@@ -11,6 +11,8 @@
   For compile time they use the nano widths/depths without depthwise convs (the CPU depthwise
   taps compile ~3x slower and are elementwise, so sharding-neutral) at 96x96, with weights from
   the fixtures' gen-weight rule (numpy: no compiled init).
+* `bn_sync="device"` (per-device BN, the official DDP): one step on 4 devices equals the mean
+  of the 4 single-row steps on one device (the first SGD step is linear in the gradient).
 * A bfloat16-compute step stays finite and close to float32, parameters float32.
 """
 
@@ -78,7 +80,7 @@ def flat_state(state, metrics_per_step) -> dict[str, np.ndarray]:
 class SmallRun:
     """The small model's train step compiled once for a mesh over `devices` (global)."""
 
-    def __init__(self, devices, dtype: str = "float32"):
+    def __init__(self, devices, dtype: str = "float32", bn_sync: str = "global"):
         from fixture_weights import gen_tensor
 
         from yolox_jax.models.yolox import build_model
@@ -94,7 +96,7 @@ class SmallRun:
                                                cfg)
         self.tx, schedule = make_optimizer(cfg.train, 4, 10)
         self.mesh = make_mesh(devices)
-        self.step = make_train_step(model, self.tx, schedule, self.mesh)
+        self.step = make_train_step(model, self.tx, schedule, self.mesh, bn_sync=bn_sync)
 
     def __call__(self, order=(0, 1, 2, 3), process_rows: slice | None = None,
                  steps: int = STEPS) -> dict[str, np.ndarray]:
@@ -149,7 +151,10 @@ def _worker(argv: list[str]) -> None:
         assert len(devs) == 4, devs
         single = SmallRun(devs[:1])
         runs = {"one": single(), "one_reversed": single(order=(3, 2, 1, 0)),
-                "four": SmallRun(devs)()}
+                "four": SmallRun(devs)(),
+                # bn_sync="device": one step on 4 devices vs each row alone on one device
+                "device": SmallRun(devs, bn_sync="device")(steps=1)}
+        runs.update({f"row{i}": single(process_rows=slice(i, i + 1), steps=1) for i in range(4)})
         np.savez(out, **{f"{run}/{k}": v for run, r in runs.items() for k, v in r.items()})
     elif mode == "process":
         pid, port = int(argv[2]), int(argv[3])
@@ -390,6 +395,30 @@ def test_four_devices_equal_one_device(workers):
     assert np.abs(r["four/" + stem]).max() > 1e-2
     assert 1e-5 < rel_err(r["four/ema/" + stem], r["four/" + stem]) < 1e-2
     assert r["four/metrics1/num_fg"] > 0
+
+
+def test_per_device_bn_equals_separate_per_device_steps(workers):
+    """bn_sync="device" (the official per-GPU BN + DDP): BN statistics and num_fg per device,
+    gradients and BN running statistics averaged. The first SGD step from a zero momentum
+    buffer is linear in the gradient (p1 = p0 - lr (1 + m) (g + wd p0)), and the BN / EMA
+    updates are linear in the batch statistics, so the 4-device step equals the mean of the
+    four 1-row steps on one device (each: BN over its one image, its own num_fg)."""
+    r = workers.result("devices")
+    keys = [k[len("device/"):] for k in r if k.startswith("device/")
+            and not k.startswith("device/metrics") and not k.endswith("step")]
+    assert len(keys) > 100
+    rows = [f"row{i}/" for i in range(4)]
+    floor = _noise_floor(r)
+    errs = {k: rel_err(r["device/" + k], np.mean([r[p + k] for p in rows], axis=0)) for k in keys}
+    worst = max(errs, key=errs.get)
+    assert errs[worst] < max(1e-5, 10 * floor), (worst, errs[worst], floor)
+    for k in ("total", "iou", "obj", "cls", "l1"):
+        want = np.mean([r[f"{p}metrics0/{k}"] for p in rows])
+        assert r[f"device/metrics0/{k}"] == pytest.approx(want, rel=5e-5)
+    for k in ("num_fg", "num_gts"):
+        assert r[f"device/metrics0/{k}"] == sum(r[f"{p}metrics0/{k}"] for p in rows)
+    # and it is not the synchronised-BN step (BN over all 4 images, one num_fg)
+    assert abs(r["device/metrics0/total"] / r["one/metrics0/total"] - 1) > 1e-3
 
 
 def test_two_processes_equal_one_process_with_four_devices(workers):

@@ -144,7 +144,9 @@ def base_config() -> ml_collections.ConfigDict:
             eval_interval=10,
             eval_at_start=False,  # also evaluate the initial weights (fine-tuning curves)
             keep_checkpoints=3,
-            save_interval_steps=0,  # 0: save at the end of every epoch only
+            save_interval_steps=0,  # also save every N steps (a preemption loses < N); 0: off
+            bn_sync="global",  # BN statistics over the global batch, or "device" (official DDP)
+            compile_workers=0,  # threads compiling the multi-scale shapes up front; 0: auto
             iters_per_epoch=0,  # 0: derived from the dataset size
             assignment_rule="center_radius",  # or "box_or_center" (rule of the released weights)
             # None: the rule's own radius (1.5 strides; 2.5 for "box_or_center")

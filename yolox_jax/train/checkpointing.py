@@ -2,9 +2,12 @@
 
 Each step folder holds the whole `TrainState` (params, EMA, optimizer state, step, RNG) and, as
 json, where the data stream is (epoch, next batch) and the run's metrics. Saves are async and
-atomic (orbax writes to a temporary folder and renames), so a crash or SIGTERM during a save
-never corrupts the last good checkpoint. The latest `keep` are kept; the best-AP EMA weights are
-exported separately to `workdir/best` by the trainer.
+atomic: orbax writes `<step>.orbax-checkpoint-tmp`, renames it to `<step>` once every file is
+written, and deletes checkpoints beyond the latest `keep` only after that, so a crash, SIGTERM or
+SIGKILL during a save never loses the last complete checkpoint (tested by killing a run inside
+the commit: tests/test_trainer_processes.py). Left-over temporary folders of a killed save are
+removed when the next run opens the directory. The best-AP EMA weights are exported separately
+to `workdir/best` by the trainer.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ class TrainCheckpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+                max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True,
             ),
         )
 
@@ -65,17 +69,30 @@ class TrainCheckpointer:
         self.manager.close()
 
 
-def load_inference_variables(workdir: str | Path) -> tuple[dict, ml_collections.ConfigDict]:
-    """EMA variables (or the raw ones when EMA is off) and config of a workdir's latest
-    checkpoint, without knowing the optimizer structure."""
+def load_inference_variables(workdir: str | Path, step: int | None = None
+                             ) -> tuple[dict, ml_collections.ConfigDict]:
+    """EMA variables (or the raw ones when EMA is off) and config of a workdir's latest (or
+    `step`) checkpoint, without knowing the optimizer structure, onto this process's first
+    device: a checkpoint written by a multi-host run (another topology) loads on one machine."""
+    from jax.sharding import SingleDeviceSharding
+
     directory = Path(workdir).absolute() / "checkpoints"
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step()
+    manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()},
+    )
+    step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{directory} holds no checkpoint")
+    tree = manager.item_metadata(step)["state"]
+    device = SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            getattr(tree, "tree", tree))
     out = manager.restore(
         step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                meta=ocp.args.JsonRestore()),
     )
     state, meta = out.state, out.meta
     config = config_from_json(meta["config"])

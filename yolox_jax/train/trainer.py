@@ -1,17 +1,34 @@
 """The training loop: data -> sharded step -> logs, periodic evaluation, checkpoints, resume.
 
-Stopping is always clean: SIGTERM/SIGINT finish the current step, save a checkpoint at the exact
-data position and exit; a non-finite loss stops with the step named and leaves the last good
-checkpoint untouched (nothing is saved after it).
+The loop never waits for the device between steps. The step counter lives on the host (an int,
+read from the state once at start), the next batches are copied to the mesh while a step runs
+(`prefetch.prefetch_to_mesh`, two in flight), every multi-scale shape is compiled before the
+first step (`compile.precompile`), and the metrics of step N are read from the device only after
+step N + 1 has been dispatched (`_fetch`, the loop's one device-to-host read), so the device
+always has the next step queued.
+
+One step of delay, and what it means for a non-finite loss: the NaN/Inf of step N is seen once
+step N + 1 is already running (on the bad state). Nothing is saved in between: every save (end of
+epoch, `train.save_interval_steps`, stop, `max_steps`) first reads and checks the metrics of the
+step it saves, so a bad state is never written; the run stops naming step N and the last good
+checkpoint is intact.
+
+Stopping is always clean: SIGTERM/SIGINT on any host is agreed by all hosts (a tiny all-reduce
+after every step, read with the metrics: `preemption.StopAgreement`), so all save the same step
+at the exact data position and exit (one step after the signal is seen, on a multi-host run).
+Checkpoints are atomic (orbax writes `<step>.orbax-checkpoint-tmp` and renames it once
+complete), so a SIGKILL during a save leaves the previous checkpoint to resume from.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import os
-import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +43,8 @@ class NonFiniteLossError(FloatingPointError):
 
 def setup_runtime(config: ml_collections.ConfigDict) -> None:
     """Multi-host initialisation and the persistent compilation cache (restarts don't recompile)."""
+    from yolox_jax.train.compile import enable_compilation_cache
+
     t = config.train
     if t.distributed and not jax.distributed.is_initialized():
         kwargs = {}
@@ -34,13 +53,7 @@ def setup_runtime(config: ml_collections.ConfigDict) -> None:
                           num_processes=int(t.num_processes), process_id=int(t.process_id))
         jax.distributed.initialize(**kwargs)  # no args: TPU pods / SLURM are auto-detected
     if t.compilation_cache:
-        cache = os.environ.get(
-            "YOLOX_JAX_COMPILATION_CACHE",
-            str(Path(os.environ.get("YOLOX_JAX_HOME", Path.home() / ".cache/yolox_jax"))
-                / "jax_cache"),
-        )
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        enable_compilation_cache()
 
 
 def read_train_records(config: ml_collections.ConfigDict):
@@ -95,34 +108,12 @@ def init_variables_from(
     return out
 
 
-class _StopFlag:
-    """Set by SIGTERM/SIGINT; the loop checks it between steps."""
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 class MetricsLogger:
     """Console line, JSON-lines file and tensorboardX (process 0 only)."""
 
     def __init__(self, workdir: Path, enabled: bool):
         self.enabled = enabled
+        self.printer = functools.partial(print, flush=True)  # the progress bar replaces it
         self.jsonl = None
         self.tb = None
         if enabled:
@@ -144,7 +135,7 @@ class MetricsLogger:
 
     def print(self, msg: str) -> None:
         if self.enabled:
-            print(msg, flush=True)
+            self.printer(msg)
 
     def close(self) -> None:
         if self.enabled:
@@ -156,23 +147,38 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
           evaluate_fn: Any = None, max_steps: int | None = None) -> dict[str, Any]:
     """Train (or resume) in `workdir`. Returns a summary (last metrics, last eval, steps run).
 
-    `evaluate_fn(model, variables, config) -> dict` overrides the evaluator of `evaluate.py`;
-    `max_steps` stops early (tests, benchmarks) after saving.
+    `evaluate_fn(model, variables, config) -> dict` overrides the evaluator of `evaluate.py`
+    (called on every process, with host copies of the EMA variables); `max_steps` stops early
+    (tests, benchmarks) after saving.
     """
     from yolox_jax.data.multiscale import multiscale_size
     from yolox_jax.data.pipeline import TrainLoader
     from yolox_jax.models.yolox import build_model, init_variables
     from yolox_jax.train.checkpointing import TrainCheckpointer
+    from yolox_jax.train.compile import precompile, run_sizes
     from yolox_jax.train.optim import make_optimizer
+    from yolox_jax.train.preemption import StopAgreement, StopSignal
+    from yolox_jax.train.prefetch import prefetch_to_mesh
     from yolox_jax.train.state import create_train_state
-    from yolox_jax.train.step import global_batch, make_mesh, make_train_step
-    from yolox_jax.weights.checkpoint import config_to_json, save_checkpoint
+    from yolox_jax.train.step import (
+        BN_SYNC,
+        batch_sharding,
+        make_mesh,
+        make_train_step,
+        replicated,
+    )
+    from yolox_jax.weights.checkpoint import config_to_json
 
+    t, d = config.train, config.data
+    if t.bn_sync not in BN_SYNC:
+        raise ValueError(f"config.train.bn_sync must be one of {BN_SYNC}, got {t.bn_sync!r}")
+    if int(t.save_interval_steps) < 0:
+        raise ValueError(f"config.train.save_interval_steps must be >= 0 (0: at the end of "
+                         f"every epoch only), got {t.save_interval_steps}")
     setup_runtime(config)
     workdir = Path(workdir).absolute()
     is_main = jax.process_index() == 0
     logger = MetricsLogger(workdir, is_main)
-    t, d = config.train, config.data
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config_to_json(config))
@@ -199,110 +205,276 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     state = create_train_state(fresh, tx, int(config.seed), use_ema=bool(t.ema))
     step_fn = make_train_step(
         model, tx, schedule, mesh, rule=t.assignment_rule, center_radius=t.center_radius,
-        ema_decay=float(t.ema_decay),
+        ema_decay=float(t.ema_decay), bn_sync=str(t.bn_sync),
     )
-    from yolox_jax.train.step import replicated
 
     ckpt = TrainCheckpointer(workdir, keep=int(t.keep_checkpoints))
     epoch, next_batch, best_ap = 0, 0, -1.0
-    if ckpt.latest_step() is not None:
+    resumed = ckpt.latest_step() is not None
+    if resumed:
         state, data_state, meta = ckpt.restore(state)
         epoch, next_batch = loader.restore(data_state)
         best_ap = float(meta.get("best_ap", -1.0))
-        logger.print(f"resumed from step {int(state.step)} (epoch {epoch + 1}, batch {next_batch})")
     state = jax.device_put(state, replicated(mesh))
+    step = int(state.step)  # the host's step counter from here on: no per-step device reads
+    if resumed:
+        logger.print(f"resumed from step {step} (epoch {epoch + 1}, batch {next_batch})")
+
+    # Every input size the remaining steps use, compiled before the first step.
+    max_epoch = int(t.max_epoch)
+    remaining = max_epoch * loader.iters_per_epoch - (epoch * loader.iters_per_epoch + next_batch)
+    if max_steps:
+        remaining = min(remaining, int(max_steps))
+    ms = (tuple(d.input_size), d.multiscale_range, tuple(d.random_size))
+    sizes = run_sizes(step, step + remaining, int(config.seed), *ms)
+    g, (h, w) = int(t.batch_size), tuple(d.input_size)
+    images_spec = jax.ShapeDtypeStruct((g, h, w, 3), np.uint8, sharding=batch_sharding(mesh))
+    labels_spec = jax.ShapeDtypeStruct((g, int(d.max_labels), 5), np.float32,
+                                       sharding=batch_sharding(mesh))
+    compiled = precompile(lambda size: step_fn.lower(state, images_spec, labels_spec, size),
+                          sizes, workers=int(t.compile_workers), log=logger.print)
+    logger.log(step, "compile", {"seconds": compiled["seconds"], "sizes": len(sizes)})
 
     def save(step: int, epoch: int, next_batch: int) -> None:
         ckpt.save(step, state, loader.state(epoch, next_batch), {"best_ap": best_ap}, config)
 
-    evaluate_fn = evaluate_fn or _default_evaluator
+    def evaluate(epoch: int, what: str) -> dict:
+        nonlocal best_ap
+        stats = _log_eval(evaluate_fn or _default_evaluator, model, state, config, logger,
+                          step, epoch, what)
+        ap = _headline_ap(stats) if stats else None
+        if ap is not None and ap > best_ap:
+            best_ap = ap
+            _export(workdir / "best", state, config)
+        return stats
+
+    aug_epochs = max_epoch - int(t.no_aug_epochs)
+    eval_every = max(int(t.eval_interval), 1)
+    save_every = int(t.save_interval_steps)
+    run_log = _RunLog(logger, config, iters_per_epoch, loader.iters_per_epoch, step, is_main)
+    agreement = StopAgreement(mesh)
+    stream = _Timed(prefetch_to_mesh(_batches(loader, epoch, next_batch), mesh, size=2))
     last_eval: dict[str, Any] = {}
-    last_metrics: dict[str, float] = {}
-    steps_run = 0
-    total_steps = iters_per_epoch * int(t.max_epoch)
-    t_start = None  # set after the first step, so that compilation does not skew the ETA
-    steps_timed = 0
-    if t.eval_at_start and ckpt.latest_step() is None:
-        last_eval = _log_eval(evaluate_fn, model, state, config, logger, 0, "before training")
-    with _StopFlag() as stop:
+    pending: _Pending | None = None  # the dispatched step whose metrics are not read yet
+    steps_run, stopped = 0, False
+    with StopSignal() as stop:
         try:
-            while epoch < int(t.max_epoch):
-                no_aug = epoch >= int(t.max_epoch) - int(t.no_aug_epochs)
-                t_data = time.time()
-                data_wait = 0.0
-                for batch in loader.epoch(epoch, start_batch=next_batch):
-                    data_wait += time.time() - t_data
-                    step = int(state.step)
-                    size = multiscale_size(step, config.seed, tuple(d.input_size),
-                                           d.multiscale_range, tuple(d.random_size))
-                    images, labels = global_batch(mesh, batch.images, batch.labels)
-                    t_step = time.time()
-                    state, metrics = step_fn(state, images, labels, use_l1=no_aug, size=size)
-                    next_batch = batch.batch_index + 1
-                    steps_run += 1
-                    total = float(metrics["total"])  # every step: never save a NaN state
-                    if not math.isfinite(total):
-                        raise NonFiniteLossError(
-                            f"non-finite loss {total} at step {step + 1} (epoch {epoch + 1}, "
-                            f"batch {batch.batch_index + 1}/{iters_per_epoch}); stopped without "
-                            f"saving: the last good checkpoint in {ckpt.directory} "
-                            f"(step {ckpt.latest_step()}) is intact"
-                        )
-                    if step % max(int(t.print_interval), 1) == 0 or next_batch == iters_per_epoch:
-                        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                        if t_start is None:
-                            t_start, steps_timed = time.time(), steps_run
-                        rate = (steps_run - steps_timed) / max(time.time() - t_start, 1e-9)
-                        eta = (total_steps - step - 1) / rate if rate > 0 else float("nan")
-                        m.update(images_per_s=int(t.batch_size) / max(time.time() - t_step, 1e-9),
-                                 data_wait_s=data_wait, epoch=epoch + 1, size_h=size[0])
-                        last_metrics = m
-                        logger.log(step + 1, "train", m)
-                        logger.print(
-                            f"epoch {epoch + 1}/{t.max_epoch} iter {next_batch}/{iters_per_epoch}"
-                            f" total {m['total']:.3f} iou {m['iou']:.3f} obj {m['obj']:.3f} "
-                            f"cls {m['cls']:.3f} l1 {m['l1']:.3f} fg {m['num_fg']:.0f} "
-                            f"lr {m['lr']:.2e} size {size[0]}x{size[1]} data {data_wait:.1f}s "
-                            f"ETA {eta / 60:.1f} min"
-                        )
-                    t_data = time.time()
-                    if stop.signal is not None or (max_steps and steps_run >= max_steps):
-                        break
-                else:
-                    epoch, next_batch = epoch + 1, 0
-                    if next_batch == 0 and (epoch % max(int(t.eval_interval), 1) == 0
-                                            or epoch == int(t.max_epoch)):
-                        last_eval = _log_eval(evaluate_fn, model, state, config, logger, epoch,
-                                              f"epoch {epoch}")
-                        if last_eval:
-                            ap = _headline_ap(last_eval)
-                            if ap is not None and ap > best_ap and is_main:
-                                best_ap = ap
-                                save_checkpoint(workdir / "best", state.variables(), config)
-                    save(int(state.step), epoch, next_batch)
-                    continue
-                # broke out of the epoch: a stop signal or max_steps
-                save(int(state.step), epoch, next_batch)
-                if stop.signal is not None:
-                    logger.print(f"signal {stop.signal}: saved step {int(state.step)}, exiting")
-                break
+            if t.eval_at_start and not resumed:
+                last_eval = evaluate(0, "before training")
+            for batch in stream:
+                size = multiscale_size(step, int(config.seed), *ms)
+                state, metrics = step_fn(state, batch.images, batch.labels,
+                                         use_l1=batch.epoch >= aug_epochs, size=size)
+                step += 1
+                steps_run += 1
+                epoch_end = batch.batch_index + 1 == loader.iters_per_epoch
+                epoch, next_batch = ((batch.epoch + 1, 0) if epoch_end
+                                     else (batch.epoch, batch.batch_index + 1))
+                # Read the previous step's metrics now that this one is queued.
+                done = _check(pending, ckpt)
+                pending = _Pending(step, batch.epoch, batch.batch_index, size, metrics,
+                                   agreement.dispatch(stop.requested), stream.take_wait())
+                stopped = run_log.step_done(done, stop.requested) or bool(
+                    max_steps and steps_run >= max_steps)
+                if epoch_end or stopped or (save_every and step % save_every == 0):
+                    done, pending = _check(pending, ckpt), None  # never save unchecked state
+                    stopped = run_log.step_done(done, stop.requested) or stopped
+                    if epoch_end and (epoch % eval_every == 0 or epoch == max_epoch):
+                        last_eval = evaluate(epoch, f"epoch {epoch}")
+                    save(step, epoch, next_batch)
+                if stopped:
+                    break
+            if stop.requested or run_log.stop_agreed:
+                who = f"signal {stop.signal}" if stop.requested else "stop requested by a host"
+                logger.print(f"{who}: saved step {step}, exiting")
         finally:
+            stream.close()
+            loader.close()  # the worker processes
+            loader.store.close()  # the image cache (shared memory for data.cache="ram")
+            run_log.close()
             ckpt.close()
             logger.close()
-    if is_main and epoch >= int(t.max_epoch):
-        save_checkpoint(workdir / "final", state.variables(), config)
-    return {"metrics": last_metrics, "eval": last_eval, "steps_run": steps_run,
-            "step": int(state.step), "epoch": epoch, "next_batch": next_batch,
-            "stopped_by_signal": stop.signal, "state": state}
+    if epoch >= max_epoch:
+        _export(workdir / "final", state, config)
+    return {"metrics": run_log.last_metrics, "eval": last_eval, "steps_run": steps_run,
+            "step": step, "epoch": epoch, "next_batch": next_batch,
+            "stopped_by_signal": stop.signal, "stop_agreed": run_log.stop_agreed,
+            "compile": compiled, "state": state}
 
 
-def _log_eval(evaluate_fn, model, state, config, logger, epoch: int, what: str) -> dict:
-    """Evaluate the EMA weights; log the numbers (step, epoch) to every sink."""
-    stats = evaluate_fn(model, state.variables(), config) or {}
+def _batches(loader: Any, epoch: int, start_batch: int) -> Iterator[Any]:
+    """The loader's batches from (epoch, start_batch) to the end of its last epoch, in one
+    stream (the loader keeps its workers across epochs)."""
+    for e in range(epoch, loader.max_epoch):
+        yield from loader.epoch(e, start_batch=start_batch if e == epoch else 0)
+
+
+class _Timed:
+    """An iterator that adds up how long the loop waited for it (the data wait)."""
+
+    def __init__(self, it: Iterator[Any]):
+        self._it = it
+        self._wait = 0.0
+
+    def __iter__(self) -> _Timed:
+        return self
+
+    def __next__(self) -> Any:
+        t = time.perf_counter()
+        try:
+            return next(self._it)
+        finally:
+            self._wait += time.perf_counter() - t
+
+    def take_wait(self) -> float:
+        wait, self._wait = self._wait, 0.0
+        return wait
+
+    def close(self) -> None:
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+
+@dataclasses.dataclass
+class _Pending:
+    """A dispatched step: its metrics and stop vote are still device arrays."""
+
+    step: int  # the step count after it
+    epoch: int
+    batch_index: int
+    size: tuple[int, int]
+    metrics: dict[str, jax.Array]
+    stop: jax.Array | None
+    data_wait: float
+
+
+@dataclasses.dataclass
+class _Done:
+    step: int
+    epoch: int
+    batch_index: int
+    size: tuple[int, int]
+    metrics: dict[str, float]
+    stop: Any  # the fetched stop vote (None on one process)
+    data_wait: float
+
+
+def _fetch(tree: Any) -> Any:
+    """The training loop's only device-to-host read (blocks until `tree` is computed)."""
+    return jax.device_get(tree)
+
+
+def _check(pending: _Pending | None, ckpt: Any) -> _Done | None:
+    """Read a dispatched step's metrics; a non-finite loss stops the run before any save."""
+    if pending is None:
+        return None
+    metrics, stop = _fetch((pending.metrics, pending.stop))
+    metrics = {k: float(v) for k, v in metrics.items()}
+    if not math.isfinite(metrics["total"]):
+        raise NonFiniteLossError(
+            f"non-finite loss {metrics['total']} at step {pending.step} (epoch "
+            f"{pending.epoch + 1}, batch {pending.batch_index + 1}); stopped without saving (the "
+            f"loss is read one step late: the step after it is discarded): the last good "
+            f"checkpoint in {ckpt.directory} (step {ckpt.latest_step()}) is intact"
+        )
+    return _Done(pending.step, pending.epoch, pending.batch_index, pending.size, metrics, stop,
+                 pending.data_wait)
+
+
+class _RunLog:
+    """What the loop reports about checked steps: the log line every `print_interval` steps and
+    at the end of each epoch (console, metrics.jsonl, tensorboard), the progress bar, and the
+    agreed stop vote."""
+
+    def __init__(self, logger: MetricsLogger, config: ml_collections.ConfigDict,
+                 sched_iters: int, loader_iters: int, first_step: int, is_main: bool):
+        from yolox_jax.train.progress import EpochProgress, progress_enabled
+
+        t = config.train
+        self.logger = logger
+        self.max_epoch = int(t.max_epoch)
+        self.batch_size = int(t.batch_size)
+        self.print_interval = max(int(t.print_interval), 1)
+        self.sched_iters = sched_iters
+        self.loader_iters = loader_iters
+        self.total_steps = sched_iters * self.max_epoch
+        self.bar = EpochProgress(progress_enabled(is_main), self.max_epoch)
+        if self.bar.enabled:
+            logger.printer = self.bar.write
+        self.bar_epoch: int | None = None
+        self.last_metrics: dict[str, float] = {}
+        self.stop_agreed = False
+        self._t_first: float | None = None  # when the first step was checked (ETA rate)
+        self._first_step = first_step
+        self._t_last = time.perf_counter()
+        self._data_wait = 0.0
+        self._since_log = 0
+
+    def step_done(self, done: _Done | None, local_stop: bool) -> bool:
+        """Report a checked step; True when a host asked to stop (agreed by all hosts; on one
+        process, this process's `local_stop`)."""
+        if done is None:
+            return False
+        from yolox_jax.train.preemption import StopAgreement
+
+        now = time.perf_counter()
+        if self._t_first is None:
+            self._t_first, self._first_step = now, done.step
+        self._since_log += 1
+        self._data_wait += done.data_wait
+        rate = (done.step - self._first_step) / max(now - self._t_first, 1e-9)
+        eta = (self.total_steps - done.step) / rate if rate > 0 else float("nan")
+        images_per_s = self.batch_size * self._since_log / max(now - self._t_last, 1e-9)
+        if self.bar_epoch != done.epoch:
+            self.bar.start(done.epoch, done.batch_index, self.loader_iters)
+            self.bar_epoch = done.epoch
+        self.bar.update(done.metrics, images_per_s, eta)
+        epoch_end = done.batch_index + 1 == self.loader_iters
+        if (done.step - 1) % self.print_interval == 0 or epoch_end:
+            m = dict(done.metrics, images_per_s=images_per_s, data_wait_s=self._data_wait,
+                     epoch=done.epoch + 1, size_h=done.size[0])
+            self.last_metrics = m
+            self.logger.log(done.step, "train", m)
+            self.logger.print(
+                f"epoch {done.epoch + 1}/{self.max_epoch} iter {done.batch_index + 1}/"
+                f"{self.sched_iters} total {m['total']:.3f} iou {m['iou']:.3f} "
+                f"obj {m['obj']:.3f} cls {m['cls']:.3f} l1 {m['l1']:.3f} "
+                f"fg {m['num_fg']:.0f} lr {m['lr']:.2e} size {done.size[0]}x{done.size[1]} "
+                f"{images_per_s:.1f} img/s data {self._data_wait:.1f}s "
+                f"ETA {eta / 60:.1f} min"
+            )
+            self._t_last, self._data_wait, self._since_log = now, 0.0, 0
+        stop = StopAgreement.resolve(done.stop, local_stop)
+        self.stop_agreed = self.stop_agreed or stop
+        return stop
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _host_variables(state: Any) -> dict[str, Any]:
+    """The EMA variables as host numpy arrays (every process holds the replicated values)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state.variables())
+
+
+def _export(directory: Path, state: Any, config: ml_collections.ConfigDict) -> None:
+    """The EMA weights as an inference checkpoint (process 0 writes it)."""
+    from yolox_jax.weights.checkpoint import save_checkpoint
+
+    if jax.process_index() == 0:
+        save_checkpoint(directory, _host_variables(state), config)
+
+
+def _log_eval(evaluate_fn, model, state, config, logger, step: int, epoch: int,
+              what: str) -> dict:
+    """Evaluate the EMA weights (every process; the evaluator splits the images over them);
+    log the numbers (step, epoch) to every sink (process 0)."""
+    stats = evaluate_fn(model, _host_variables(state), config) or {}
     numbers = {k: float(v) for k, v in stats.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if numbers:
-        logger.log(int(state.step), "eval", {**numbers, "epoch": epoch})
+        logger.log(step, "eval", {**numbers, "epoch": epoch})
         logger.print(f"{what} eval: " + ", ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
     return stats
 

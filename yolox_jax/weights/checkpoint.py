@@ -42,7 +42,11 @@ def save_checkpoint(
     tree = jax.tree.map(np.asarray, jax.device_get(
         {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
     ))
-    ckptr = ocp.StandardCheckpointer()
+    # Written by the calling process alone (the trainer exports from process 0 of a multi-host
+    # run): orbax's barriers then wait for no other process.
+    me = jax.process_index()
+    ckptr = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}))
     ckptr.save(tmp / "variables", tree)
     ckptr.wait_until_finished()
     (tmp / "config.json").write_text(config_to_json(config))
