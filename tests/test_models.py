@@ -139,3 +139,15 @@ def test_official_initialisation():
     kernel = np.asarray(stem["conv"]["kernel"])  # 3x3, 12 input channels
     assert np.abs(kernel).max() <= 1 / np.sqrt(3 * 3 * 12) + 1e-7
     np.testing.assert_array_equal(stem["bn"]["scale"], 1.0)
+
+
+def test_model_dtype_auto_and_float16_refused():
+    from yolox_jax.config import ConfigError, validate_config
+
+    config = variant_config("yolox_nano")
+    assert config.model.dtype == "auto"
+    expected = jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+    assert build_model(config).dtype == expected
+    config.model.dtype = "float16"
+    with pytest.raises(ConfigError, match="model.dtype.*loss scaling"):
+        validate_config(config)

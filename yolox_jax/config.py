@@ -78,7 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
             bn_eps=1e-3,
             bn_momentum=0.03,  # torch convention; Flax momentum = 1 - 0.03
             prior_prob=1e-2,
-            dtype="float32",  # compute dtype; parameters stay float32
+            # compute dtype; parameters, gradients and optimizer state stay float32. "auto":
+            # bfloat16 on GPU/TPU, float32 on CPU (no bfloat16 units; it is slower there).
+            dtype="auto",
             kernels="auto",  # "auto": CPU formulations on CPU, XLA convolutions elsewhere
         )
     )
@@ -282,6 +284,9 @@ def _check(condition: bool, key: str, expected: str, value: Any) -> None:
         raise ConfigError(f"{key} must be {expected}, got {value!r}")
 
 
+MODEL_DTYPES = ("auto", "float32", "bfloat16")
+
+
 def validate_config(
     config: ml_collections.ConfigDict, num_devices: int | None = None, *, training: bool = True
 ) -> ml_collections.ConfigDict:
@@ -298,8 +303,9 @@ def validate_config(
            "a positive integer", m.num_classes)
     for key in ("depth", "width"):
         _check(float(m[key]) > 0, f"model.{key}", "> 0", m[key])
-    _check(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
-           "'float32', 'bfloat16' or 'float16'", m.dtype)
+    _check(m.dtype in MODEL_DTYPES, "model.dtype",
+           "'auto', 'float32' or 'bfloat16' (float16 would need loss scaling; bfloat16 has "
+           "float32's exponent range and the same speed on GPUs and TPUs)", m.dtype)
     _check(d.format in ("coco", "voc", "yolo"), "data.format", "'coco', 'voc' or 'yolo'",
            d.format)
     _size_pair(d.test_size, "data.test_size")

@@ -87,6 +87,14 @@ class YOLOX(nn.Module):
         return jnp.concatenate([boxes, scores], axis=-1)
 
 
+def compute_dtype(name: Any) -> Any:
+    """A model dtype name -> the dtype: "auto" is bfloat16 on GPU/TPU (their matrix units run
+    it at full rate; its float32 exponent range needs no loss scaling) and float32 on CPU."""
+    if isinstance(name, str) and name == "auto":
+        return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+    return jnp.dtype(name)
+
+
 def build_model(
     config_or_name: ml_collections.ConfigDict | str = "yolox_s",
     num_classes: int | None = None,
@@ -96,7 +104,7 @@ def build_model(
     `configs/*.py` path). `num_classes` overrides the config's."""
     config = as_config(config_or_name)
     m = config.model
-    dt = dtype if dtype is not None else m.get("dtype", "float32")
+    dt = compute_dtype(dtype if dtype is not None else m.get("dtype", "float32"))
     return YOLOX(
         num_classes=int(num_classes if num_classes is not None else m.num_classes),
         depth=float(m.depth),
