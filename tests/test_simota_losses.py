@@ -334,3 +334,27 @@ def test_frozen_bn_assignment_matches_official_except_documented_ties(rule):
         keep = ~(np.isin(ours, list(ties)) | np.isin(ref, list(ties)))
         np.testing.assert_array_equal(ours[keep], ref[keep], err_msg=f"image {b}")
         np.testing.assert_array_equal(a.dynamic_k[b, : int(f[p + "num_gt"])], f[p + "dynamic_ks"])
+
+
+@pytest.mark.parametrize("keep", [3, 8, 9, None])
+def test_gt_row_buckets_equal_all_rows_with_padding_anywhere(keep):
+    """SimOTA on the smallest gt bucket that holds the batch's boxes (valid rows moved first)
+    is the assignment over all G rows, bit for bit, wherever the padding rows sit."""
+    from yolox_jax.train.simota import _assign_all, gt_buckets
+
+    assert gt_buckets(120) == (8, 16, 32, 64, 120) and gt_buckets(8) == (8,)
+    outputs, _, grid, strides = inputs()
+    labels = np.array(fx()["labels"])
+    if keep is not None:  # at most `keep` boxes per image: buckets 8, 8, 16 and the fixture's
+        for b in range(len(labels)):
+            rows = np.flatnonzero(labels[b].sum(-1) > 0)[keep:]
+            labels[b, rows] = 0
+    rng = np.random.default_rng(0)
+    labels = np.stack([lab[rng.permutation(len(lab))] for lab in labels])  # padding anywhere
+    valid = labels.sum(-1) > 0
+    args = (outputs[..., :4], outputs[..., 5:], outputs[..., 4], grid, strides, labels, valid)
+    got = jax.device_get(jax.jit(simota_assign)(*args))
+    want = jax.device_get(jax.jit(_assign_all)(*args))
+    assert int(got.num_fg.sum()) > 0
+    for name in got._fields:
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)

@@ -207,7 +207,61 @@ def simota_assign(
     Matching: dynamic k = max(1, int(sum of the 10 largest candidate IoUs)); each gt takes its
     k cheapest candidate anchors (ties: lowest anchor index, as torch); an anchor taken by
     several gts goes to the argmin of its cost column over all gts (first index on ties).
+
+    The work is [B, G', A] with G' the smallest of `gt_buckets(G)` that holds the most boxes
+    any image of the batch has (the official code, per image, does only its real boxes; G is
+    the padded `max_labels`, often 10x the real count): the valid rows are moved first (in
+    their order, so ties resolve as before), the rows past G' are all padding and never
+    matched, and one compiled `lax.switch` branch per bucket runs only the one needed.
     """
+    _check_shapes(pred_boxes, cls_logits, obj_logits, grid, strides, gt, gt_valid)
+    args = (pred_boxes, cls_logits, obj_logits, grid, strides)
+    args = tuple(jax.lax.stop_gradient(a) for a in args)
+    gt = jax.lax.stop_gradient(gt)
+    valid = gt_valid.astype(bool)
+    b, g = valid.shape
+    buckets = gt_buckets(g)
+    if len(buckets) == 1:
+        return _assign_all(*args, gt, valid, rule, center_radius)
+    order = jnp.argsort(~valid, axis=1, stable=True)  # [B, G]: valid rows first, in order
+    gt_c = jnp.take_along_axis(gt, order[..., None], axis=1)
+    valid_c = jnp.take_along_axis(valid, order, axis=1)
+    most = jnp.max(jnp.sum(valid, axis=1))
+    branch = jnp.searchsorted(jnp.asarray(buckets), most)  # the first bucket >= most
+
+    def run(rows: int) -> Assignment:
+        a = _assign_all(*args, gt_c[:, :rows], valid_c[:, :rows], rule, center_radius)
+        matched = jnp.take_along_axis(order, a.matched_gt, axis=1)  # back to rows of `gt`
+        rows_b = jnp.arange(b)[:, None]
+        dynamic_k = jnp.zeros((b, g), jnp.int32).at[rows_b, order[:, :rows]].set(a.dynamic_k)
+        return a._replace(matched_gt=jnp.where(a.fg_mask, matched, 0).astype(jnp.int32),
+                          dynamic_k=dynamic_k)
+
+    return jax.lax.switch(branch, [lambda r=r: run(r) for r in buckets])
+
+
+def gt_buckets(g: int) -> tuple[int, ...]:
+    """The gt-row counts SimOTA is compiled for, for G padded rows: 8, 16, 32, ... below G,
+    then G."""
+    out, n = [], 8
+    while n < g:
+        out.append(n)
+        n *= 2
+    return (*out, g)
+
+
+def _assign_all(
+    pred_boxes: jax.Array,
+    cls_logits: jax.Array,
+    obj_logits: jax.Array,
+    grid: jax.Array,
+    strides: jax.Array,
+    gt: jax.Array,
+    gt_valid: jax.Array,
+    rule: str = "center_radius",
+    center_radius: float | None = None,
+) -> Assignment:
+    """`simota_assign` over all G rows of gt (see there)."""
     pc = simota_costs(
         pred_boxes, cls_logits, obj_logits, grid, strides, gt, gt_valid, rule, center_radius
     )
