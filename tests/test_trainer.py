@@ -170,7 +170,7 @@ def test_no_per_step_blocking_read_in_the_loop(dataset, tmp_path, monkeypatch):
 
     def hold(k):
         k = int(k)
-        held[k] = released[k] if gates[k].wait(timeout=60) else "timed out"
+        held[k] = released[k] if gates[k].wait(timeout=300) else "timed out"
         return np.zeros((), np.float32)
 
     passthrough = {}

@@ -224,13 +224,41 @@ def max_pool(x: jax.Array, k: int) -> jax.Array:
     return out
 
 
-def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """1x1 stride-1 conv as a matrix product: [..., Cin] x [1, 1, Cin, Cout] -> [..., Cout],
-    accumulated in float32 when x is bfloat16 (as XLA's convolution does)."""
+def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """[..., Cin] x [Cin, Cout] -> [..., Cout], float32 accumulation, in x's dtype."""
     acc = jnp.promote_types(x.dtype, jnp.float32)
-    y = jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())),
-                            preferred_element_type=acc)
+    y = jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=acc)
     return y.astype(x.dtype)
+
+
+@jax.custom_vjp
+def _pointwise(x, w):
+    return _matmul(x, w)
+
+
+def _pointwise_fwd(x, w):
+    return _matmul(x, w), (x, w)
+
+
+def _pointwise_bwd(res, g):
+    x, w = res
+    dx = _matmul(g, w.T)
+    # Weight gradient as one [Cin, Cout] product per image, summed: autodiff's single product
+    # over all B*H*W rows makes XLA CPU write the cotangent transposed ([Cout, B*H*W]) first.
+    b = x.shape[0]
+    xs, gs = x.reshape(b, -1, x.shape[-1]), g.reshape(b, -1, g.shape[-1])
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    dw = jax.lax.dot_general(xs, gs, (((1,), (1,)), ((0,), (0,))), preferred_element_type=acc)
+    return dx, jnp.sum(dw, 0).astype(w.dtype)
+
+
+_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
+def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """1x1 stride-1 conv as a matrix product: [B, H, W, Cin] x [1, 1, Cin, Cout] ->
+    [B, H, W, Cout], accumulated in float32 when x is bfloat16 (as XLA's convolution does)."""
+    return _pointwise(x, kernel[0, 0])
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1,
