@@ -24,11 +24,7 @@ KNOWN = {
         "train/checkpointing.py: import config_to_json / config_from_json from yolox_jax.config",
 }
 # Private names imported across modules in files another branch owns (phase 2).
-KNOWN_PRIVATE = {
-    # phase 2: trainer.py imports flatten_tree / unflatten_tree instead
-    ("yolox_jax.train.trainer", "yolox_jax.weights.convert", "_flat"),
-    ("yolox_jax.train.trainer", "yolox_jax.weights.convert", "_unflat"),
-}
+KNOWN_PRIVATE: set[tuple[str, str, str]] = set()
 
 
 def modules() -> dict[str, Path]:

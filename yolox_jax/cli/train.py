@@ -37,19 +37,18 @@ def make_parser(prog: str = "yolox-jax train") -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def yolo_bridge(config: Any, workdir: str | os.PathLike) -> Iterator[None]:
-    """Phase-1 bridge (issue 16): the trainer and the evaluator dispatch on data.format
-    themselves and know only coco / voc. For a YOLO dataset, their two readers are pointed at
-    `datasets.read_split` for the duration of the run (the evaluation through a COCO view of
-    the val split, scored by pycocotools; its ground truth is written to
+    """Phase-1 bridge (issue 16): the evaluator dispatches on data.format itself and knows
+    only coco / voc (the trainer reads `datasets.read_split`). For a YOLO dataset, its reader
+    is pointed at `datasets.read_split` for the duration of the run (the evaluation through a
+    COCO view of the val split, scored by pycocotools; its ground truth is written to
     `workdir/yolo_val_coco.json`, since the evaluator loads it by path). Remove once
-    trainer.read_train_records and evaluator.read_config_dataset call `read_split` (phase 2)."""
+    evaluator.read_config_dataset calls `read_split` (phase 2)."""
     if config.data.format != "yolo":
         yield
         return
     from yolox_jax.data import datasets
     from yolox_jax.eval import evaluator
     from yolox_jax.eval.coco_eval import for_scoring
-    from yolox_jax.train import trainer
 
     d = config.data
     if not d.data_dir:  # the evaluator caches the dataset by data_dir (among others)
@@ -66,13 +65,12 @@ def yolo_bridge(config: Any, workdir: str | os.PathLike) -> Iterator[None]:
         view.source = path
         return view
 
-    saved = trainer.read_train_records, evaluator.read_config_dataset
-    trainer.read_train_records = lambda cfg: datasets.read_split(cfg, "train")
+    saved = evaluator.read_config_dataset
     evaluator.read_config_dataset = read_val
     try:
         yield
     finally:
-        trainer.read_train_records, evaluator.read_config_dataset = saved
+        evaluator.read_config_dataset = saved
 
 
 def _main(argv: list[str], prog: str) -> int:

@@ -56,23 +56,6 @@ def setup_runtime(config: ml_collections.ConfigDict) -> None:
         enable_compilation_cache()
 
 
-def read_train_records(config: ml_collections.ConfigDict):
-    """The training split named by `config.data` (a shard set `train_shards`, COCO
-    `train_ann` / `train_images`, or VOC `voc_train_split`) as a readers.DatasetInfo."""
-    from yolox_jax.data import readers
-
-    d = config.data
-    if d.get("train_shards", ""):
-        from yolox_jax.data.shards import open_shards
-
-        return open_shards(d.train_shards, local_dir=d.get("shards_local_dir", ""))
-    if d.format == "voc":
-        return readers.read_voc(d.data_dir, d.voc_train_split, tuple(d.class_names) or None)
-    if d.format == "coco":
-        return readers.read_coco(d.data_dir, d.train_ann, d.train_images)
-    raise ValueError(f"config.data.format must be 'coco' or 'voc', got {d.format!r}")
-
-
 def init_variables_from(
     model: Any, fresh: dict, path: str, config: ml_collections.ConfigDict, log=print
 ) -> dict:
@@ -80,14 +63,14 @@ def init_variables_from(
     copied; the others (the class predictions when num_classes differs) keep their fresh
     initialisation, and we say which."""
     from yolox_jax.weights.checkpoint import load_checkpoint
-    from yolox_jax.weights.convert import _flat, _unflat
+    from yolox_jax.weights.convert import flatten_tree, unflatten_tree
 
     _, loaded, _ = load_checkpoint(path)
     out = {}
     reinit = []
     for col in ("params", "batch_stats"):
-        src = _flat(loaded.get(col, {}))
-        dst = _flat(jax.device_get(fresh[col]))
+        src = flatten_tree(loaded.get(col, {}))
+        dst = flatten_tree(jax.device_get(fresh[col]))
         merged = {}
         for k, v in dst.items():
             if k in src and tuple(np.shape(src[k])) == tuple(np.shape(v)):
@@ -95,7 +78,7 @@ def init_variables_from(
             else:
                 merged[k] = v
                 reinit.append("/".join(k))
-        out[col] = _unflat(merged)
+        out[col] = unflatten_tree(merged)
         missing = [k for k in src if k not in dst]
         if missing:
             raise ValueError(f"{path}: {len(missing)} tensors have no place in {config.name}, "
@@ -151,6 +134,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     (called on every process, with host copies of the EMA variables); `max_steps` stops early
     (tests, benchmarks) after saving.
     """
+    from yolox_jax.data.datasets import read_split
     from yolox_jax.data.multiscale import multiscale_size
     from yolox_jax.data.pipeline import TrainLoader
     from yolox_jax.models.yolox import build_model, init_variables
@@ -183,7 +167,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config_to_json(config))
 
-    info = read_train_records(config)
+    info = read_split(config, "train")
     records = info.records
     mesh = make_mesh()
     n_dev = mesh.devices.size

@@ -48,10 +48,6 @@ def unflatten_tree(flat: Mapping[tuple[str, ...], Any]) -> dict:
     return tree
 
 
-# The old private names, for train/trainer.py until it imports the public ones (issue 16 phase 2).
-_flat, _unflat = flatten_tree, unflatten_tree
-
-
 def torch_key(collection: str, path: tuple[str, ...]) -> str:
     """('params', ('backbone', 'backbone', 'stem', 'conv', 'conv', 'kernel')) ->
     'backbone.backbone.stem.conv.conv.weight'."""
