@@ -438,12 +438,11 @@ def test_config_keys_choose_the_shard_sets(coco_small):
     """`data.train_shards` / `data.val_shards` replace the folder layout in the trainer's and the
     evaluator's dataset choice (what `train.py --config.data.train_shards=...` uses)."""
     from yolox_jax.data.datasets import read_split
-    from yolox_jax.eval.evaluator import read_config_dataset
 
     info, loc = coco_small
     config = variant_config("yolox_nano")
     config.data.update(train_shards=loc, val_shards=f"file://{loc}", data_dir="/nonexistent")
-    for got in (read_split(config, "train"), read_config_dataset(config)):
+    for got in (read_split(config, "train"), read_split(config, "val")):
         assert isinstance(got.images, shards.ShardImages) and got.format == "coco"
         _same_records(got, info)
     config.data.update(train_shards="", val_shards="")

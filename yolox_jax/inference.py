@@ -29,12 +29,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from yolox_jax.data.io import read_image
 from yolox_jax.data.transforms import legacy_normalize, letterbox, to_bgr
 from yolox_jax.ops.nms import nms_threshold_f32
 from yolox_jax.ops.postprocess import Detections, postprocess
+from yolox_jax.sharding import batch_sharding, make_mesh, replicated
 
 
 class CandidateOverflowWarning(UserWarning):
@@ -261,9 +261,9 @@ class Predictor:
         self.num_classes = model_classes if num_classes is None else int(num_classes)
 
         self.devices = list(devices) if devices is not None else jax.local_devices()
-        self.mesh = Mesh(np.array(self.devices), ("data",))
-        self._data_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
-        replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.mesh = make_mesh(self.devices)
+        self.data_sharding = batch_sharding(self.mesh)  # inputs [B, ...] and detections
+        self.replicated_sharding = replicated(self.mesh)  # the weights, the thresholds
         num_classes_arg = None if self.num_classes == model_classes else self.num_classes
         self._forward_jit: Callable[..., Any] | None = None
         if host:  # the network on the host runtime, then the same postprocess, jitted
@@ -278,7 +278,7 @@ class Predictor:
             ))
         else:
             self.buckets = _bucket_sizes(batch_buckets, len(self.devices))
-            self.variables = jax.device_put(variables, replicated)
+            self.variables = jax.device_put(variables, self.replicated_sharding)
             self.predict_fn = make_predict_fn(
                 model,
                 class_agnostic=self.class_agnostic,
@@ -288,9 +288,9 @@ class Predictor:
             )
             self._jitted = jax.jit(
                 self.predict_fn,
-                in_shardings=(replicated, self._data_sharding, self._data_sharding, replicated,
-                              replicated),
-                out_shardings=self._data_sharding,
+                in_shardings=(self.replicated_sharding, self.data_sharding, self.data_sharding,
+                              self.replicated_sharding, self.replicated_sharding),
+                out_shardings=self.data_sharding,
             )
         self._pool: ThreadPoolExecutor | None = None
         self.images_seen = 0
@@ -324,6 +324,13 @@ class Predictor:
             self._pool.shutdown(wait=True)
             self._pool = None
 
+    def set_variables(self, variables: Any) -> None:
+        """New weights of the same shapes (e.g. the trainer's EMA after an epoch), replicated
+        on the mesh: the compiled programs are reused."""
+        if self.host:
+            raise ValueError(f"{self.model.path}: an ONNX model's weights are in the file")
+        self.variables = jax.device_put(variables, self.replicated_sharding)
+
     def bucket_for(self, n: int) -> int:
         """Padded batch size for n images (n <= the largest bucket)."""
         for b in self.buckets:
@@ -354,8 +361,8 @@ class Predictor:
         if self.host:
             outputs = self.model(to_nchw(inputs))
             return self._jitted(outputs, np.asarray(ratios, np.float32), conf_v, nms_v)
-        images = jax.device_put(inputs, self._data_sharding)
-        scale = jax.device_put(np.asarray(ratios, np.float32), self._data_sharding)
+        images = jax.device_put(inputs, self.data_sharding)
+        scale = jax.device_put(np.asarray(ratios, np.float32), self.data_sharding)
         return self._jitted(self.variables, images, scale, conf_v, nms_v)
 
     def forward(self, inputs: np.ndarray) -> np.ndarray:
@@ -367,7 +374,7 @@ class Predictor:
             model = self.model
             self._forward_jit = jax.jit(
                 lambda v, x: model.apply(v, x.astype(jnp.float32), train=False))
-        x = jax.device_put(inputs, self._data_sharding)
+        x = jax.device_put(inputs, self.data_sharding)
         return np.asarray(self._forward_jit(self.variables, x))
 
     def unpack(self, det: Detections, ratios: Sequence[float],

@@ -29,7 +29,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from yolox_jax.data.readers import DatasetInfo
 from yolox_jax.data.transforms import letterbox_ratio
@@ -308,34 +307,49 @@ def evaluate_dataset(
     return EvalResult(stats=stats, detections=dets)
 
 
-def read_config_dataset(config: Any, **overrides: Any) -> DatasetInfo:
-    """The evaluation split named by `config.data`: a packed shard set `val_shards` (any
-    path or URL) if set; else COCO `data_dir` + `val_ann` (under `annotations/`) +
-    `val_images`; VOC `data_dir` + `voc_val_split` + `class_names`."""
-    from yolox_jax.data import readers
+class Evaluator:
+    """The trainer's evaluation: `config.data`'s val split (`datasets.read_split(config, "val")`;
+    a YOLO dataset scored as COCO through `coco_eval.for_scoring`), `config.test` thresholds,
+    `data.test_size` / `data.legacy`.
 
-    d = config.data
-    shards_at = overrides.get("shards", d.get("val_shards", ""))
-    if shards_at:
-        from yolox_jax.data.shards import open_shards
+    Built once per run: it keeps the dataset, the ground truth (COCO: process 0 only, which
+    scores) and, from the first `evaluate`, the compiled predictor; `evaluate(variables)` swaps
+    the weights in (the trainer calls it every `eval_interval` epochs; nothing recompiles).
+    """
 
-        return open_shards(shards_at, local_dir=d.get("shards_local_dir", ""))
-    fmt = overrides.get("format", d.format)
-    data_dir = overrides.get("data_dir", d.data_dir)
-    if fmt == "coco":
-        return readers.read_coco(data_dir, overrides.get("ann", d.val_ann),
-                                 overrides.get("images", d.val_images))
-    if fmt == "voc":
-        names = tuple(overrides.get("class_names", d.class_names)) or None
-        return readers.read_voc(data_dir, overrides.get("split", d.voc_val_split), names)
-    raise ValueError(f"config.data.format must be 'coco' or 'voc', got {fmt!r}")
+    def __init__(self, model: Any, config: Any, *, batch_size: int = 8, progress: bool = True,
+                 split_timing: bool = False):
+        from yolox_jax.data.datasets import read_split
+        from yolox_jax.eval.coco_eval import for_scoring, load_coco_gt
 
+        self.model, self.config = model, config
+        self.batch_size, self.progress, self.split_timing = int(batch_size), progress, split_timing
+        self.info, self.coco_gt = for_scoring(read_split(config, "val"))
+        if self.coco_gt is None and self.info.format == "coco" and jax.process_index() == 0:
+            self.coco_gt = load_coco_gt(self.info.source)
+        self.predictor: Predictor | None = None
 
-def _replicated(predictor: Predictor) -> NamedSharding:
-    return NamedSharding(predictor.mesh, PartitionSpec())
+    def _predictor(self, variables: Any) -> Predictor:
+        t, d, model = self.config.test, self.config.data, self.model
+        n_data, n_model = len(self.info.class_names), int(model.num_classes)
+        return Predictor(
+            model, variables, input_size=tuple(d.test_size), conf=float(t.conf),
+            nms=float(t.nms), class_agnostic=bool(t.class_agnostic),
+            pre_nms_topk=t.pre_nms_topk, max_det=t.max_det, legacy=bool(d.get("legacy", False)),
+            dtype=model.dtype, batch_buckets=(self.batch_size,),
+            num_classes=n_data if n_data != n_model else None, config=self.config,
+        )
 
-
-_CACHE: dict[str, Any] = {}  # the last evaluation's dataset, ground truth and predictor
+    def evaluate(self, variables: Any) -> dict[str, Any]:
+        """The stats of `variables` (host or device arrays; no detections)."""
+        if self.predictor is None:
+            self.predictor = self._predictor(variables)
+        else:
+            self.predictor.set_variables(variables)
+        result = evaluate_dataset(self.predictor, self.info, batch_size=self.batch_size,
+                                  progress=self.progress, split_timing=self.split_timing,
+                                  coco_gt=self.coco_gt)
+        return result.stats
 
 
 def evaluate_config_dataset(
@@ -347,45 +361,7 @@ def evaluate_config_dataset(
     progress: bool = True,
     split_timing: bool = False,
 ) -> dict[str, Any]:
-    """The trainer's evaluation: `config.data`'s evaluation split, `config.test` thresholds,
-    `data.test_size` / `data.legacy`. Returns the stats dict (no detections).
-
-    The dataset, the COCO ground truth and the compiled predictor are kept between calls (the
-    trainer calls this every `eval_interval` epochs; only the weights change), keyed by the
-    model object and the settings.
-    """
-    t = config.test
-    d = config.data
-    data_key = (d.format, d.data_dir, d.val_ann, d.val_images, d.voc_val_split,
-                tuple(d.class_names), d.get("val_shards", ""))
-    if _CACHE.get("data_key") != data_key:
-        info = read_config_dataset(config)
-        gt = None
-        if info.format == "coco" and jax.process_index() == 0:  # only process 0 scores
-            from yolox_jax.eval.coco_eval import load_coco_gt
-
-            gt = load_coco_gt(info.source)
-        _CACHE.clear()
-        _CACHE.update(data_key=data_key, info=info, gt=gt)
-    info, gt = _CACHE["info"], _CACHE["gt"]
-    pred_key = (id(model), tuple(d.test_size), bool(t.class_agnostic), t.pre_nms_topk, t.max_det,
-                bool(d.get("legacy", False)), len(info.class_names), int(batch_size))
-    predictor = _CACHE.get("predictor")
-    if _CACHE.get("pred_key") != pred_key or predictor is None:
-        model_classes = int(model.num_classes)
-        predictor = Predictor(
-            model, variables, input_size=tuple(d.test_size), conf=float(t.conf),
-            nms=float(t.nms), class_agnostic=bool(t.class_agnostic),
-            pre_nms_topk=t.pre_nms_topk, max_det=t.max_det, legacy=bool(d.get("legacy", False)),
-            dtype=model.dtype, batch_buckets=(int(batch_size),),
-            num_classes=len(info.class_names) if len(info.class_names) != model_classes
-            else None,
-            config=config,
-        )
-        _CACHE.update(pred_key=pred_key, predictor=predictor)
-    else:
-        predictor.variables = jax.device_put(variables, _replicated(predictor))
-        predictor.conf, predictor.nms = float(t.conf), float(t.nms)
-    result = evaluate_dataset(predictor, info, batch_size=batch_size, progress=progress,
-                              split_timing=split_timing, coco_gt=gt)
-    return result.stats
+    """One evaluation of `variables` on `config.data`'s val split (see `Evaluator`, which a
+    loop evaluating several times holds instead: this reads and compiles every call)."""
+    return Evaluator(model, config, batch_size=batch_size, progress=progress,
+                     split_timing=split_timing).evaluate(variables)

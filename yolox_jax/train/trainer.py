@@ -130,27 +130,23 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
           evaluate_fn: Any = None, max_steps: int | None = None) -> dict[str, Any]:
     """Train (or resume) in `workdir`. Returns a summary (last metrics, last eval, steps run).
 
-    `evaluate_fn(model, variables, config) -> dict` overrides the evaluator of `evaluate.py`
-    (called on every process, with host copies of the EMA variables); `max_steps` stops early
+    `evaluate_fn(model, variables, config) -> dict` overrides the evaluator (by default an
+    `eval.evaluator.Evaluator`, built at the first evaluation and held for the run; called on
+    every process, with host copies of the EMA variables); `max_steps` stops early
     (tests, benchmarks) after saving.
     """
     from yolox_jax.data.datasets import read_split
     from yolox_jax.data.multiscale import multiscale_size
     from yolox_jax.data.pipeline import TrainLoader
     from yolox_jax.models.yolox import build_model, init_variables
+    from yolox_jax.sharding import batch_sharding, make_mesh, replicated
     from yolox_jax.train.checkpointing import TrainCheckpointer
     from yolox_jax.train.compile import precompile, run_sizes
     from yolox_jax.train.optim import make_optimizer
     from yolox_jax.train.preemption import StopAgreement, StopSignal
     from yolox_jax.train.prefetch import prefetch_to_mesh
     from yolox_jax.train.state import create_train_state
-    from yolox_jax.train.step import (
-        BN_SYNC,
-        batch_sharding,
-        make_mesh,
-        make_train_step,
-        replicated,
-    )
+    from yolox_jax.train.step import BN_SYNC, make_train_step
     from yolox_jax.weights.checkpoint import config_to_json
 
     t, d = config.train, config.data
@@ -222,10 +218,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     def save(step: int, epoch: int, next_batch: int) -> None:
         ckpt.save(step, state, loader.state(epoch, next_batch), {"best_ap": best_ap}, config)
 
+    eval_fn = evaluate_fn or _DefaultEvaluation()
+
     def evaluate(epoch: int, what: str) -> dict:
         nonlocal best_ap
-        stats = _log_eval(evaluate_fn or _default_evaluator, model, state, config, logger,
-                          step, epoch, what)
+        stats = _log_eval(eval_fn, model, state, config, logger, step, epoch, what)
         ap = _headline_ap(stats) if stats else None
         if ap is not None and ap > best_ap:
             best_ap = ap
@@ -470,10 +467,20 @@ def _headline_ap(stats: dict) -> float | None:
     return None
 
 
-def _default_evaluator(model, variables, config) -> dict:
-    try:
-        from yolox_jax.eval.evaluator import evaluate_config_dataset
-    except ImportError as e:
-        print(f"evaluation skipped: the evaluator is unavailable ({e})")
-        return {}
-    return evaluate_config_dataset(model, variables, config)
+class _DefaultEvaluation:
+    """`eval.evaluator.Evaluator` on `config.data`'s val split, built at the first call and
+    held for the run (dataset, ground truth and compiled predictor reused; only the weights
+    change)."""
+
+    def __init__(self) -> None:
+        self.evaluator: Any = None
+
+    def __call__(self, model: Any, variables: Any, config: ml_collections.ConfigDict) -> dict:
+        if self.evaluator is None:
+            try:
+                from yolox_jax.eval.evaluator import Evaluator
+            except ImportError as e:
+                print(f"evaluation skipped: the evaluator is unavailable ({e})")
+                return {}
+            self.evaluator = Evaluator(model, config)
+        return self.evaluator.evaluate(variables)
