@@ -135,6 +135,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     every process, with host copies of the EMA variables); `max_steps` stops early
     (tests, benchmarks) after saving.
     """
+    from yolox_jax.config import config_to_json
     from yolox_jax.data.datasets import read_split
     from yolox_jax.data.multiscale import multiscale_size
     from yolox_jax.data.pipeline import TrainLoader
@@ -147,7 +148,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     from yolox_jax.train.prefetch import prefetch_to_mesh
     from yolox_jax.train.state import create_train_state
     from yolox_jax.train.step import BN_SYNC, make_train_step
-    from yolox_jax.weights.checkpoint import config_to_json
 
     t, d = config.train, config.data
     if t.bn_sync not in BN_SYNC:

@@ -18,11 +18,6 @@ import numpy as np
 
 from yolox_jax.config import as_config, config_from_json, config_to_json
 
-# config_to_json / config_from_json live in yolox_jax.config; re-exported here for the callers
-# that still import them from this module (train/checkpointing.py, train/trainer.py).
-__all__ = ["CheckpointNotFound", "config_from_json", "config_to_json", "load_checkpoint",
-           "load_torch_checkpoint", "save_checkpoint"]
-
 
 class CheckpointNotFound(FileNotFoundError):
     pass
