@@ -185,10 +185,12 @@ class Predictor:
     `predictor(images)` -> one `ImageDetections` per image (original-image pixels). Images may
     also be file paths (read with cv2). The host side (read, letterbox) runs in a thread pool.
 
-    input_size (H, W): None -> the config's `data.test_size`, else (416, 416). pre_nms_topk None
-    -> every anchor (never truncates, exactly the official result); max_det None -> every
-    detection NMS keeps (no cap, as the official eval). dtype "bfloat16" runs the network in
-    bf16 (weights stay float32), postprocess stays float32. devices: default `jax.local_devices()`.
+    input_size (H, W): None -> the config's `data.test_size`, else (416, 416); legacy None ->
+    the config's `data.legacy`, else False (`config`: the checkpoint's, kept as `.config`).
+    pre_nms_topk None -> every anchor (never truncates, exactly the official result); max_det
+    None -> every detection NMS keeps (no cap, as the official eval). dtype "bfloat16" runs the
+    network in bf16 (weights stay float32), postprocess stays float32. devices: default
+    `jax.local_devices()`.
 
     `model` may also be an exported ONNX model (`export.runtime.OnnxModel`, `variables` None): the
     network then runs in onnxruntime / OpenVINO on NCHW float32 batches (the file's input size and,
@@ -206,7 +208,7 @@ class Predictor:
         class_agnostic: bool = False,
         pre_nms_topk: int | None = 1000,
         max_det: int | None = 300,
-        legacy: bool = False,
+        legacy: bool | None = None,
         dtype: str | Any = "float32",
         batch_buckets: Sequence[int] = (1, 8, 32),
         num_classes: int | None = None,
@@ -236,7 +238,10 @@ class Predictor:
         self.conf = float(conf)
         self.nms = float(nms)
         self.class_agnostic = bool(class_agnostic)
+        if legacy is None:
+            legacy = bool(config.data.get("legacy", False)) if config is not None else False
         self.legacy = bool(legacy)
+        self.config = config
         self.dtype = jnp.dtype(dtype)
         self.num_threads = int(num_threads)
         self.host = host
@@ -468,10 +473,10 @@ class Predictor:
         **kwargs: Any
     ) -> Predictor:
         """Load an exported folder / training workdir / official .pth / .onnx file (onnxruntime
-        or OpenVINO: `backend`) and wrap it; the config's test_size and legacy flag are the
-        defaults."""
+        or OpenVINO: `backend`) and wrap it: what every command builds its predictor with.
+        `config`: a config (file, variant name) instead of the checkpoint's; its test_size and
+        legacy flag are the defaults (`input_size` / `legacy` None)."""
         model, variables, cfg = load_model(path, config, backend=backend)
-        kwargs.setdefault("legacy", bool(cfg.data.get("legacy", False)))
         return cls(model, variables, config=cfg, **kwargs)
 
 

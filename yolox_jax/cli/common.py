@@ -111,17 +111,24 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
     return node
 
 
-def parse_tsize(tsize: Sequence[int] | None, default: Sequence[int]) -> tuple[int, int]:
-    """--tsize S or H W (multiples of 32) -> (H, W); None -> `default` (the config's)."""
+def add_tsize_flag(parser: argparse.ArgumentParser, what: str = "test size") -> None:
+    """`--tsize S` or `--tsize H W`; read it with `parse_tsize`."""
+    parser.add_argument("--tsize", type=int, nargs="+", default=None,
+                        help=f"{what}: S (square) or H W, multiples of 32; default: the "
+                             "config's test_size")
+
+
+def parse_tsize(tsize: Sequence[int] | None,
+                default: Sequence[int] | None = None) -> tuple[int, int] | None:
+    """--tsize S or H W (positive multiples of 32) -> (H, W); None -> `default` (None: the
+    config's test size, which the Predictor / exporter take when given None)."""
     if tsize is None:
-        size = tuple(int(v) for v in default)
-    elif len(tsize) == 1:
-        size = (int(tsize[0]), int(tsize[0]))
-    elif len(tsize) == 2:
-        size = (int(tsize[0]), int(tsize[1]))
-    else:
+        return None if default is None else (int(default[0]), int(default[1]))
+    if len(tsize) not in (1, 2):
         raise UsageError(f"--tsize takes S or H W, got {list(tsize)}")
-    if size[0] <= 0 or size[1] <= 0 or size[0] % 32 or size[1] % 32:
-        raise UsageError(f"--tsize must be positive multiples of 32 (the network's stride), "
-                         f"got {size[0]}x{size[1]}")
+    size = (int(tsize[0]), int(tsize[-1]))
+    for v in size:
+        if v <= 0 or v % 32:
+            raise UsageError(f"--tsize {v} is not {'positive' if v <= 0 else 'a multiple of 32'}"
+                             " (--tsize must be positive multiples of 32, the network's stride)")
     return size
