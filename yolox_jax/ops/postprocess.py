@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yolox_jax.ops.boxes import cxcywh_to_xyxy
-from yolox_jax.ops.nms import as_threshold, nms_mask, rounded_product, score_order
+from yolox_jax.ops.boxes import cxcywh_to_xyxy, rounded_product
+from yolox_jax.ops.nms import as_threshold, nms_mask, score_order
 
 # torchvision's batched_nms on CPU: per-class loop when boxes.numel() > 4000, i.e. > 1000 boxes.
 _VANILLA_MIN_CANDIDATES = 1001
