@@ -33,7 +33,7 @@ import numpy as np
 from yolox_jax.data.io import read_image
 from yolox_jax.data.transforms import legacy_normalize, letterbox, to_bgr
 from yolox_jax.ops.nms import nms_threshold_f32
-from yolox_jax.ops.postprocess import Detections, postprocess
+from yolox_jax.ops.postprocess import Detections, official_rows, postprocess
 from yolox_jax.sharding import batch_sharding, make_mesh, replicated
 
 
@@ -67,10 +67,7 @@ class ImageDetections:
     def rows(self) -> np.ndarray:
         """[K, 7] float32 in the official `postprocess` row layout (x1, y1, x2, y2, obj, cls_conf,
         cls), boxes already in image pixels (the official `output[:, :4] / ratio`)."""
-        return np.concatenate(
-            [self.boxes, self.obj[:, None], self.cls_conf[:, None],
-             self.classes[:, None].astype(np.float32)], axis=1,
-        ).astype(np.float32)
+        return official_rows(self.boxes, self.obj, self.cls_conf, self.classes)
 
     def to_json(self, class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """JSON-ready list of {"bbox": [x1, y1, x2, y2], "score", "class_id", "class"?, ...}."""

@@ -134,20 +134,19 @@ def pack_detections(
     detections: Sequence[ImageDetections], indices: Sequence[int]
 ) -> dict[str, np.ndarray]:
     """Detections of some images -> arrays: images int32 [n, 5] (record index, h, w,
-    num_candidates, num_kept); rows float32 [M, 7] (x1, y1, x2, y2, score, obj, cls_conf);
-    row_ids int32 [M, 2] (record index, class)."""
+    num_candidates, num_kept); rows float32 [M, 7] (`ImageDetections.rows`: x1, y1, x2, y2, obj,
+    cls_conf, cls); scores float32 [M]; row_ids int32 [M] (record index)."""
     images = np.array(
         [[i, d.image_hw[0], d.image_hw[1], d.num_candidates, d.num_kept]
          for i, d in zip(indices, detections, strict=True)], np.int32,
     ).reshape(-1, 5)
-    rows = [np.concatenate([d.boxes, d.scores[:, None], d.obj[:, None], d.cls_conf[:, None]],
-                           axis=1) for d in detections]
-    ids = [np.stack([np.full(len(d), i), d.classes], axis=1)
-           for i, d in zip(indices, detections, strict=True)]
+    ids = [np.full(len(d), i, np.int32) for i, d in zip(indices, detections, strict=True)]
     return {
         "images": images,
-        "rows": np.concatenate(rows + [np.zeros((0, 7), np.float32)]).astype(np.float32),
-        "row_ids": np.concatenate(ids + [np.zeros((0, 2), np.int64)]).astype(np.int32),
+        "rows": np.concatenate([d.rows() for d in detections] + [np.zeros((0, 7), np.float32)]),
+        "scores": np.concatenate([d.scores for d in detections] + [np.zeros(0, np.float32)]
+                                 ).astype(np.float32),
+        "row_ids": np.concatenate(ids + [np.zeros(0, np.int32)]),
     }
 
 
@@ -161,15 +160,15 @@ def unpack_detections(
     if not np.array_equal(got, np.arange(num_images)):
         raise ValueError(f"gathered detections cover {len(got)} image slots, expected each of "
                          f"0..{num_images - 1} once")
-    order = np.argsort(ids[:, 0], kind="stable")
-    rows, ids = rows[order], ids[order]
-    bounds = np.searchsorted(ids[:, 0], np.arange(num_images + 1))
+    order = np.argsort(ids, kind="stable")
+    rows, scores, ids = rows[order], packed["scores"][order], ids[order]
+    bounds = np.searchsorted(ids, np.arange(num_images + 1))
     out: list[ImageDetections | None] = [None] * num_images
     for i, h, w, nc, nk in images.tolist():
         r = rows[bounds[i]:bounds[i + 1]]
         out[i] = ImageDetections(
-            boxes=r[:, :4].copy(), scores=r[:, 4].copy(), obj=r[:, 5].copy(),
-            cls_conf=r[:, 6].copy(), classes=ids[bounds[i]:bounds[i + 1], 1].copy(),
+            boxes=r[:, :4].copy(), scores=scores[bounds[i]:bounds[i + 1]].copy(),
+            obj=r[:, 4].copy(), cls_conf=r[:, 5].copy(), classes=r[:, 6].astype(np.int32),
             ratio=float(letterbox_ratio((h, w), input_size)), image_hw=(h, w),
             num_candidates=nc, num_kept=nk,
         )
