@@ -55,10 +55,9 @@ def make_parser(prog: str = "yolox-jax export") -> argparse.ArgumentParser:
 def _check_variant(variables: Any, config: Any, checkpoint: str) -> None:
     """The checkpoint's variable shapes must be the config's (an exported folder or workdir
     loaded with another --config is otherwise only found deep inside Flax)."""
-    from yolox_jax.weights.convert import variable_shapes
+    from yolox_jax.weights.convert import num_classes_of, variable_shapes
 
-    num_classes = int(variables["params"]["head"]["cls_preds.0"]["bias"].shape[0])
-    want = variable_shapes(config, num_classes)["params"]
+    want = variable_shapes(config, num_classes_of(variables))["params"]
     got_paths = {jax.tree_util.keystr(k): np.shape(v) for k, v in
                  jax.tree_util.tree_leaves_with_path(variables["params"])}
     want_paths = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
