@@ -109,7 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
             max_labels=120,
             num_workers=4,
             cache="",  # "", "ram" or "disk"
-            cache_dir="",  # disk cache root; "": $XDG_CACHE_HOME/yolox_jax/images
+            cache_dir="",  # disk cache root; "": $YOLOX_JAX_HOME/images (yolox_jax.home)
             legacy=False,
             # augmentation (official names and values)
             mosaic_prob=1.0,
