@@ -219,13 +219,10 @@ def write_plots(args: argparse.Namespace, info: Any, coco_gt: Any, detections: l
     from yolox_jax.eval.confusion import confusion_matrix
 
     if info.format == "coco":
-        from yolox_jax.eval.coco_eval import coco_pr_curves, load_coco_gt, to_coco_results
+        from yolox_jax.eval.coco_eval import coco_pr_curves, scoring_inputs
 
-        gt = load_coco_gt(coco_gt if coco_gt is not None else info.source)
-        results = to_coco_results(detections, [r.image_id for r in info.records],
-                                  info.category_ids)
-        curves = coco_pr_curves(gt, results, info.class_names,
-                                image_ids=[r.image_id for r in info.records])
+        gt, results, image_ids = scoring_inputs(info, detections, coco_gt)
+        curves = coco_pr_curves(gt, results, info.class_names, image_ids=image_ids)
     else:
         from yolox_jax.eval.voc_eval import voc_pr_curves
 

@@ -255,7 +255,7 @@ def evaluate_dataset(
     coco_gt: a pycocotools COCO to reuse (default: loaded from `info.source`, on process 0
     only); use_07_metric: VOC only. COCO is scored on the records' images only.
     """
-    from yolox_jax.eval.coco_eval import evaluate_coco, load_coco_gt, to_coco_results
+    from yolox_jax.eval.coco_eval import evaluate_coco, scoring_inputs
     from yolox_jax.eval.voc_eval import evaluate_voc
 
     if predictor.num_classes != len(info.class_names):
@@ -290,11 +290,8 @@ def evaluate_dataset(
     stats: dict[str, Any] = {}
     if pi == 0:
         if info.format == "coco":
-            gt = load_coco_gt(coco_gt if coco_gt is not None else info.source)
-            results = to_coco_results(dets, [r.image_id for r in info.records],
-                                      info.category_ids)
-            stats = evaluate_coco(gt, results, info.class_names,
-                                  image_ids=[r.image_id for r in info.records])
+            gt, results, image_ids = scoring_inputs(info, dets, coco_gt)
+            stats = evaluate_coco(gt, results, info.class_names, image_ids=image_ids)
         else:
             stats = evaluate_voc(dets, info.records, info.class_names, use_07_metric)
     if pc > 1:
