@@ -197,18 +197,24 @@ def as_config(config_or_name: Any) -> ml_collections.ConfigDict:
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """Run a `configs/*.py` file's `get_config()` (the ml_collections config_flags convention)."""
+    """Run a `configs/*.py` file's `get_config()` (the ml_collections config_flags convention:
+    `file.py:arg` calls `get_config("arg")`)."""
     import importlib.util
     import os
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist")
-    spec = importlib.util.spec_from_file_location("_yolox_jax_config", path)
+    file, sep, arg = path.partition(":")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"config file {file!r} does not exist")
+    spec = importlib.util.spec_from_file_location("_yolox_jax_config", file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path!r} defines no get_config()")
-    return module.get_config()
+        raise ConfigError(f"config file {file!r} defines no get_config()")
+    config = module.get_config(arg) if sep else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"config file {file!r}: get_config() returned "
+                          f"{type(config).__name__}, not a ConfigDict")
+    return config
 
 
 # ---------------------------------------------------------------------------------- json

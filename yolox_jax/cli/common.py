@@ -43,26 +43,32 @@ def _config_path(argv: Sequence[str]) -> tuple[str | None, list[str]]:
 
 
 def _load(path: str, tokens: Sequence[str]) -> ml_collections.ConfigDict:
+    """The config file (our loader: `importlib` `exec_module`, not config_flags' file loader and
+    its deprecated `load_module()`), then the overrides applied by config_flags, locked."""
     from absl import flags
     from ml_collections import config_flags
 
+    from yolox_jax.config import load_config_file
+
+    try:
+        config = load_config_file(path)
+    except ConfigError:
+        raise
+    except FileNotFoundError:
+        raise ConfigError(f"cannot load config file {path!r}: it does not exist") from None
+    except Exception as e:  # noqa: BLE001 - whatever the file raises, named in one line
+        raise ConfigError(f"cannot load config file {path!r}: {type(e).__name__}: {e}") from None
     fv = flags.FlagValues()
-    argv = ["yolox-jax", f"--config={path}", *tokens]
-    holder = config_flags.DEFINE_config_file("config", None, "configs/yolox_*.py",
-                                             flag_values=fv, lock_config=True, sys_argv=argv)
+    argv = ["yolox-jax", *tokens]
+    holder = config_flags.DEFINE_config_dict("config", config, flag_values=fv,
+                                             lock_config=True, sys_argv=argv)
     try:
         fv(argv)
-        config = holder.value
-        list(config.keys())  # a file that failed to load gives an object raising only now
-        return config
+        return holder.value
     except flags.IllegalFlagValueError as e:
         raise ConfigError(str(e).replace("flag --", "--", 1)) from None
-    except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        if "Failed loading config file" in text or isinstance(e, OSError):
-            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-            detail = lines[-1] if lines else text
-            raise ConfigError(f"cannot load config file {path!r}: {detail}") from None
         raise ConfigError(f"config overrides {' '.join(tokens)}: {text}") from None
 
 
