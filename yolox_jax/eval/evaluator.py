@@ -326,14 +326,13 @@ class Evaluator:
         self.predictor: Predictor | None = None
 
     def _predictor(self, variables: Any) -> Predictor:
-        t, d, model = self.config.test, self.config.data, self.model
+        t, model = self.config.test, self.model
         n_data, n_model = len(self.info.class_names), int(model.num_classes)
-        return Predictor(
-            model, variables, input_size=tuple(d.test_size), conf=float(t.conf),
-            nms=float(t.nms), class_agnostic=bool(t.class_agnostic),
-            pre_nms_topk=t.pre_nms_topk, max_det=t.max_det, legacy=bool(d.get("legacy", False)),
-            dtype=model.dtype, batch_buckets=(self.batch_size,),
-            num_classes=n_data if n_data != n_model else None, config=self.config,
+        return Predictor(  # input size and legacy flag: the config's (data.test_size / legacy)
+            model, variables, config=self.config, conf=float(t.conf), nms=float(t.nms),
+            class_agnostic=bool(t.class_agnostic), pre_nms_topk=t.pre_nms_topk,
+            max_det=t.max_det, dtype=model.dtype, batch_buckets=(self.batch_size,),
+            num_classes=n_data if n_data != n_model else None,
         )
 
     def evaluate(self, variables: Any) -> dict[str, Any]:
