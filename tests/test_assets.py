@@ -78,3 +78,25 @@ def test_voc_zip_rearrangement(tmp_path):
     test = (out / "ImageSets" / "Main" / "test.txt").read_text().split()
     assert train[0] == "raccoon-1" and len(train) == 160 and len(test) == 40
     assert test[0] == "raccoon-161" and not (out / "other").exists()
+
+
+def test_one_cache_root_for_assets_compilation_images_and_shards(tmp_path, monkeypatch):
+    """$YOLOX_JAX_HOME, else $XDG_CACHE_HOME/yolox_jax, else ~/.cache/yolox_jax: the same root
+    for every cache of the project."""
+    from yolox_jax.data.cache import default_cache_dir
+    from yolox_jax.data.shards import default_local_dir
+    from yolox_jax.train.compile import default_cache_dir as compilation_cache_dir
+
+    monkeypatch.delenv("YOLOX_JAX_COMPILATION_CACHE", raising=False)
+    for env, root in (({"YOLOX_JAX_HOME": "h", "XDG_CACHE_HOME": "x"}, "h"),
+                      ({"XDG_CACHE_HOME": "x"}, "x/yolox_jax"),
+                      ({"HOME": "u"}, "u/.cache/yolox_jax")):
+        for k in ("YOLOX_JAX_HOME", "XDG_CACHE_HOME"):
+            monkeypatch.delenv(k, raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, str(tmp_path / v))
+        root = tmp_path / root
+        assert assets.cache_dir() == root
+        assert compilation_cache_dir() == root / "jax_cache"
+        assert default_cache_dir() == root / "images"
+        assert default_local_dir() == str(root / "shards")

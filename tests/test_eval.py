@@ -22,7 +22,7 @@ from yolox_jax.eval.coco_eval import (
     to_coco_results,
 )
 from yolox_jax.eval.evaluator import (
-    evaluate_config_dataset,
+    Evaluator,
     evaluate_dataset,
     gather_detections,
     pack_detections,
@@ -331,17 +331,16 @@ def tiny(tmp_path_factory):
 
 def test_evaluator_cache_swaps_weights_without_recompiling(tiny):
     model, variables, config = tiny
-    first = evaluate_config_dataset(model, variables, config, batch_size=2, progress=False)
-    from yolox_jax.eval import evaluator
-
-    predictor = evaluator._CACHE["predictor"]
+    evaluator = Evaluator(model, config, batch_size=2, progress=False)
+    first = evaluator.evaluate(variables)
+    predictor = evaluator.predictor
     assert predictor.cache_size() == 1  # batches of 2 and 1 share one bucket
     other = jax.tree.map(lambda x: x, variables)
     head = other["params"]["head"]
     head["obj_preds.0"] = {**head["obj_preds.0"], "bias": head["obj_preds.0"]["bias"] - 9.0}
-    second = evaluate_config_dataset(model, other, config, batch_size=2, progress=False)
-    again = evaluate_config_dataset(model, variables, config, batch_size=2, progress=False)
-    assert evaluator._CACHE["predictor"] is predictor and predictor.cache_size() == 1
+    second = evaluator.evaluate(other)
+    again = evaluator.evaluate(variables)
+    assert evaluator.predictor is predictor and predictor.cache_size() == 1
     assert second["num_detections"] < first["num_detections"]  # stride 8 anchors now < conf
     for k in (*STAT_KEYS, "num_detections"):
         assert again[k] == first[k]

@@ -19,16 +19,9 @@ PKG = Path(__file__).resolve().parents[1] / "yolox_jax"
 
 # Cycles that need an edit in a file another branch owns (issue 16 phase 2), each with that edit.
 # The test fails if one of them disappears (update this list) or if any other cycle appears.
-KNOWN = {
-    frozenset({"yolox_jax.weights.checkpoint", "yolox_jax.train.checkpointing"}):
-        "train/checkpointing.py: import config_to_json / config_from_json from yolox_jax.config",
-}
+KNOWN: dict[frozenset[str], str] = {}
 # Private names imported across modules in files another branch owns (phase 2).
-KNOWN_PRIVATE = {
-    # phase 2: trainer.py imports flatten_tree / unflatten_tree instead
-    ("yolox_jax.train.trainer", "yolox_jax.weights.convert", "_flat"),
-    ("yolox_jax.train.trainer", "yolox_jax.weights.convert", "_unflat"),
-}
+KNOWN_PRIVATE: set[tuple[str, str, str]] = set()
 
 
 def modules() -> dict[str, Path]:
@@ -138,7 +131,7 @@ def test_no_private_names_across_modules():
 
 def test_config_lists_the_values_the_training_code_accepts():
     """validate_config checks against config.SCHEDULERS / ASSIGNMENT_RULES (config must not
-    import train/); the training modules define their own until phase 2 imports these."""
+    import train/); optim imports SCHEDULERS, simota defines RULES until it imports these."""
     from yolox_jax import config
     from yolox_jax.train import optim, simota
 

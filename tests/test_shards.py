@@ -437,18 +437,17 @@ def test_one_decoder_for_files_and_bytes(tmp_path):
 def test_config_keys_choose_the_shard_sets(coco_small):
     """`data.train_shards` / `data.val_shards` replace the folder layout in the trainer's and the
     evaluator's dataset choice (what `train.py --config.data.train_shards=...` uses)."""
-    from yolox_jax.eval.evaluator import read_config_dataset
-    from yolox_jax.train.trainer import read_train_records
+    from yolox_jax.data.datasets import read_split
 
     info, loc = coco_small
     config = variant_config("yolox_nano")
     config.data.update(train_shards=loc, val_shards=f"file://{loc}", data_dir="/nonexistent")
-    for got in (read_train_records(config), read_config_dataset(config)):
+    for got in (read_split(config, "train"), read_split(config, "val")):
         assert isinstance(got.images, shards.ShardImages) and got.format == "coco"
         _same_records(got, info)
     config.data.update(train_shards="", val_shards="")
     with pytest.raises(Exception, match="nonexistent"):
-        read_train_records(config)
+        read_split(config, "train")
 
 
 def test_paths_join_keeps_urls_and_absolute_parts():

@@ -4,7 +4,7 @@ Nothing third-party is committed to the repository. `python -m yolox_jax.assets 
 downloads each asset from its canonical public source, or copies it from a local mirror
 (`--mirror DIR`, `$YOLOX_JAX_MIRROR`, or a `shared/data` folder beside the checkout), verifies
 its sha256 (a folder asset: the sha256 of its sorted "sha256  relative/path" listing), and keeps
-it in the cache `$YOLOX_JAX_HOME` (default `~/.cache/yolox_jax`).
+it in the cache `$YOLOX_JAX_HOME` (default `$XDG_CACHE_HOME/yolox_jax`, else `~/.cache/yolox_jax`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from yolox_jax.home import cache_root
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +83,8 @@ ASSETS: dict[str, Asset] = {
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("YOLOX_JAX_HOME", Path.home() / ".cache" / "yolox_jax"))
+    """Where fetched assets are kept: `home.cache_root()`."""
+    return cache_root()
 
 
 def default_mirror() -> Path | None:

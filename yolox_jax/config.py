@@ -39,8 +39,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "yolox_darknet53": dict(depth=1.0, width=1.0, arch="darknet53", act="lrelu"),
 }
 
-# Values the training code accepts (train/optim.py SCHEDULERS, train/simota.py RULES; a test
-# keeps them equal until those modules import them from here).
+# Values the training code accepts (train/optim.py imports SCHEDULERS; train/simota.py RULES is
+# kept equal to ASSIGNMENT_RULES by a test until it imports it from here).
 SCHEDULERS = ("yoloxwarmcos",)
 ASSIGNMENT_RULES = ("center_radius", "box_or_center")
 
@@ -111,7 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
             max_labels=120,
             num_workers=4,
             cache="",  # "", "ram" or "disk"
-            cache_dir="",  # disk cache root; "": $XDG_CACHE_HOME/yolox_jax/images
+            cache_dir="",  # disk cache root; "": $YOLOX_JAX_HOME/images (yolox_jax.home)
             legacy=False,
             # augmentation (official names and values)
             mosaic_prob=1.0,
@@ -199,18 +199,24 @@ def as_config(config_or_name: Any) -> ml_collections.ConfigDict:
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """Run a `configs/*.py` file's `get_config()` (the ml_collections config_flags convention)."""
+    """Run a `configs/*.py` file's `get_config()` (the ml_collections config_flags convention:
+    `file.py:arg` calls `get_config("arg")`)."""
     import importlib.util
     import os
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist")
-    spec = importlib.util.spec_from_file_location("_yolox_jax_config", path)
+    file, sep, arg = path.partition(":")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"config file {file!r} does not exist")
+    spec = importlib.util.spec_from_file_location("_yolox_jax_config", file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path!r} defines no get_config()")
-    return module.get_config()
+        raise ConfigError(f"config file {file!r} defines no get_config()")
+    config = module.get_config(arg) if sep else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"config file {file!r}: get_config() returned "
+                          f"{type(config).__name__}, not a ConfigDict")
+    return config
 
 
 # ---------------------------------------------------------------------------------- json

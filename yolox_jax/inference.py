@@ -29,12 +29,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from yolox_jax.data.io import read_image
 from yolox_jax.data.transforms import legacy_normalize, letterbox, to_bgr
 from yolox_jax.ops.nms import nms_threshold_f32
-from yolox_jax.ops.postprocess import Detections, postprocess
+from yolox_jax.ops.postprocess import Detections, official_rows, postprocess
+from yolox_jax.sharding import batch_sharding, make_mesh, replicated
 
 
 class CandidateOverflowWarning(UserWarning):
@@ -67,10 +67,7 @@ class ImageDetections:
     def rows(self) -> np.ndarray:
         """[K, 7] float32 in the official `postprocess` row layout (x1, y1, x2, y2, obj, cls_conf,
         cls), boxes already in image pixels (the official `output[:, :4] / ratio`)."""
-        return np.concatenate(
-            [self.boxes, self.obj[:, None], self.cls_conf[:, None],
-             self.classes[:, None].astype(np.float32)], axis=1,
-        ).astype(np.float32)
+        return official_rows(self.boxes, self.obj, self.cls_conf, self.classes)
 
     def to_json(self, class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """JSON-ready list of {"bbox": [x1, y1, x2, y2], "score", "class_id", "class"?, ...}."""
@@ -185,10 +182,12 @@ class Predictor:
     `predictor(images)` -> one `ImageDetections` per image (original-image pixels). Images may
     also be file paths (read with cv2). The host side (read, letterbox) runs in a thread pool.
 
-    input_size (H, W): None -> the config's `data.test_size`, else (416, 416). pre_nms_topk None
-    -> every anchor (never truncates, exactly the official result); max_det None -> every
-    detection NMS keeps (no cap, as the official eval). dtype "bfloat16" runs the network in
-    bf16 (weights stay float32), postprocess stays float32. devices: default `jax.local_devices()`.
+    input_size (H, W): None -> the config's `data.test_size`, else (416, 416); legacy None ->
+    the config's `data.legacy`, else False (`config`: the checkpoint's, kept as `.config`).
+    pre_nms_topk None -> every anchor (never truncates, exactly the official result); max_det
+    None -> every detection NMS keeps (no cap, as the official eval). dtype "bfloat16" runs the
+    network in bf16 (weights stay float32), postprocess stays float32. devices: default
+    `jax.local_devices()`.
 
     `model` may also be an exported ONNX model (`export.runtime.OnnxModel`, `variables` None): the
     network then runs in onnxruntime / OpenVINO on NCHW float32 batches (the file's input size and,
@@ -206,7 +205,7 @@ class Predictor:
         class_agnostic: bool = False,
         pre_nms_topk: int | None = 1000,
         max_det: int | None = 300,
-        legacy: bool = False,
+        legacy: bool | None = None,
         dtype: str | Any = "float32",
         batch_buckets: Sequence[int] = (1, 8, 32),
         num_classes: int | None = None,
@@ -236,7 +235,10 @@ class Predictor:
         self.conf = float(conf)
         self.nms = float(nms)
         self.class_agnostic = bool(class_agnostic)
+        if legacy is None:
+            legacy = bool(config.data.get("legacy", False)) if config is not None else False
         self.legacy = bool(legacy)
+        self.config = config
         self.dtype = jnp.dtype(dtype)
         self.num_threads = int(num_threads)
         self.host = host
@@ -261,9 +263,9 @@ class Predictor:
         self.num_classes = model_classes if num_classes is None else int(num_classes)
 
         self.devices = list(devices) if devices is not None else jax.local_devices()
-        self.mesh = Mesh(np.array(self.devices), ("data",))
-        self._data_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
-        replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.mesh = make_mesh(self.devices)
+        self.data_sharding = batch_sharding(self.mesh)  # inputs [B, ...] and detections
+        self.replicated_sharding = replicated(self.mesh)  # the weights, the thresholds
         num_classes_arg = None if self.num_classes == model_classes else self.num_classes
         self._forward_jit: Callable[..., Any] | None = None
         if host:  # the network on the host runtime, then the same postprocess, jitted
@@ -278,7 +280,7 @@ class Predictor:
             ))
         else:
             self.buckets = _bucket_sizes(batch_buckets, len(self.devices))
-            self.variables = jax.device_put(variables, replicated)
+            self.variables = jax.device_put(variables, self.replicated_sharding)
             self.predict_fn = make_predict_fn(
                 model,
                 class_agnostic=self.class_agnostic,
@@ -288,9 +290,9 @@ class Predictor:
             )
             self._jitted = jax.jit(
                 self.predict_fn,
-                in_shardings=(replicated, self._data_sharding, self._data_sharding, replicated,
-                              replicated),
-                out_shardings=self._data_sharding,
+                in_shardings=(self.replicated_sharding, self.data_sharding, self.data_sharding,
+                              self.replicated_sharding, self.replicated_sharding),
+                out_shardings=self.data_sharding,
             )
         self._pool: ThreadPoolExecutor | None = None
         self.images_seen = 0
@@ -324,6 +326,13 @@ class Predictor:
             self._pool.shutdown(wait=True)
             self._pool = None
 
+    def set_variables(self, variables: Any) -> None:
+        """New weights of the same shapes (e.g. the trainer's EMA after an epoch), replicated
+        on the mesh: the compiled programs are reused."""
+        if self.host:
+            raise ValueError(f"{self.model.path}: an ONNX model's weights are in the file")
+        self.variables = jax.device_put(variables, self.replicated_sharding)
+
     def bucket_for(self, n: int) -> int:
         """Padded batch size for n images (n <= the largest bucket)."""
         for b in self.buckets:
@@ -354,8 +363,8 @@ class Predictor:
         if self.host:
             outputs = self.model(to_nchw(inputs))
             return self._jitted(outputs, np.asarray(ratios, np.float32), conf_v, nms_v)
-        images = jax.device_put(inputs, self._data_sharding)
-        scale = jax.device_put(np.asarray(ratios, np.float32), self._data_sharding)
+        images = jax.device_put(inputs, self.data_sharding)
+        scale = jax.device_put(np.asarray(ratios, np.float32), self.data_sharding)
         return self._jitted(self.variables, images, scale, conf_v, nms_v)
 
     def forward(self, inputs: np.ndarray) -> np.ndarray:
@@ -367,7 +376,7 @@ class Predictor:
             model = self.model
             self._forward_jit = jax.jit(
                 lambda v, x: model.apply(v, x.astype(jnp.float32), train=False))
-        x = jax.device_put(inputs, self._data_sharding)
+        x = jax.device_put(inputs, self.data_sharding)
         return np.asarray(self._forward_jit(self.variables, x))
 
     def unpack(self, det: Detections, ratios: Sequence[float],
@@ -461,10 +470,10 @@ class Predictor:
         **kwargs: Any
     ) -> Predictor:
         """Load an exported folder / training workdir / official .pth / .onnx file (onnxruntime
-        or OpenVINO: `backend`) and wrap it; the config's test_size and legacy flag are the
-        defaults."""
+        or OpenVINO: `backend`) and wrap it: what every command builds its predictor with.
+        `config`: a config (file, variant name) instead of the checkpoint's; its test_size and
+        legacy flag are the defaults (`input_size` / `legacy` None)."""
         model, variables, cfg = load_model(path, config, backend=backend)
-        kwargs.setdefault("legacy", bool(cfg.data.get("legacy", False)))
         return cls(model, variables, config=cfg, **kwargs)
 
 

@@ -49,12 +49,11 @@ def _detect_dog(weights_dir: Path, dog: Path, out: Path) -> list[dict]:
     from yolox_jax.data.io import read_image
     from yolox_jax.inference import Predictor
     from yolox_jax.visualize import draw_detections
-    from yolox_jax.weights.checkpoint import load_checkpoint
 
-    model, variables, config = load_checkpoint(weights_dir)
-    names = class_names_for(tuple(config.data.class_names), model.num_classes)
-    predictor = Predictor(model, variables, config=config, conf=0.3, nms=0.45,
-                          class_agnostic=True, batch_buckets=(1,))
+    predictor = Predictor.from_checkpoint(weights_dir, conf=0.3, nms=0.45, class_agnostic=True,
+                                          batch_buckets=(1,))
+    names = class_names_for(tuple(predictor.config.data.class_names),
+                            predictor.model.num_classes)
     img = read_image(dog)
     (det,) = predictor([img])
     dets = det.to_json(names)

@@ -43,26 +43,32 @@ def _config_path(argv: Sequence[str]) -> tuple[str | None, list[str]]:
 
 
 def _load(path: str, tokens: Sequence[str]) -> ml_collections.ConfigDict:
+    """The config file (our loader: `importlib` `exec_module`, not config_flags' file loader and
+    its deprecated `load_module()`), then the overrides applied by config_flags, locked."""
     from absl import flags
     from ml_collections import config_flags
 
+    from yolox_jax.config import load_config_file
+
+    try:
+        config = load_config_file(path)
+    except ConfigError:
+        raise
+    except FileNotFoundError:
+        raise ConfigError(f"cannot load config file {path!r}: it does not exist") from None
+    except Exception as e:  # noqa: BLE001 - whatever the file raises, named in one line
+        raise ConfigError(f"cannot load config file {path!r}: {type(e).__name__}: {e}") from None
     fv = flags.FlagValues()
-    argv = ["yolox-jax", f"--config={path}", *tokens]
-    holder = config_flags.DEFINE_config_file("config", None, "configs/yolox_*.py",
-                                             flag_values=fv, lock_config=True, sys_argv=argv)
+    argv = ["yolox-jax", *tokens]
+    holder = config_flags.DEFINE_config_dict("config", config, flag_values=fv,
+                                             lock_config=True, sys_argv=argv)
     try:
         fv(argv)
-        config = holder.value
-        list(config.keys())  # a file that failed to load gives an object raising only now
-        return config
+        return holder.value
     except flags.IllegalFlagValueError as e:
         raise ConfigError(str(e).replace("flag --", "--", 1)) from None
-    except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        if "Failed loading config file" in text or isinstance(e, OSError):
-            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-            detail = lines[-1] if lines else text
-            raise ConfigError(f"cannot load config file {path!r}: {detail}") from None
         raise ConfigError(f"config overrides {' '.join(tokens)}: {text}") from None
 
 
@@ -111,17 +117,24 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
     return node
 
 
-def parse_tsize(tsize: Sequence[int] | None, default: Sequence[int]) -> tuple[int, int]:
-    """--tsize S or H W (multiples of 32) -> (H, W); None -> `default` (the config's)."""
+def add_tsize_flag(parser: argparse.ArgumentParser, what: str = "test size") -> None:
+    """`--tsize S` or `--tsize H W`; read it with `parse_tsize`."""
+    parser.add_argument("--tsize", type=int, nargs="+", default=None,
+                        help=f"{what}: S (square) or H W, multiples of 32; default: the "
+                             "config's test_size")
+
+
+def parse_tsize(tsize: Sequence[int] | None,
+                default: Sequence[int] | None = None) -> tuple[int, int] | None:
+    """--tsize S or H W (positive multiples of 32) -> (H, W); None -> `default` (None: the
+    config's test size, which the Predictor / exporter take when given None)."""
     if tsize is None:
-        size = tuple(int(v) for v in default)
-    elif len(tsize) == 1:
-        size = (int(tsize[0]), int(tsize[0]))
-    elif len(tsize) == 2:
-        size = (int(tsize[0]), int(tsize[1]))
-    else:
+        return None if default is None else (int(default[0]), int(default[1]))
+    if len(tsize) not in (1, 2):
         raise UsageError(f"--tsize takes S or H W, got {list(tsize)}")
-    if size[0] <= 0 or size[1] <= 0 or size[0] % 32 or size[1] % 32:
-        raise UsageError(f"--tsize must be positive multiples of 32 (the network's stride), "
-                         f"got {size[0]}x{size[1]}")
+    size = (int(tsize[0]), int(tsize[-1]))
+    for v in size:
+        if v <= 0 or v % 32:
+            raise UsageError(f"--tsize {v} is not {'positive' if v <= 0 else 'a multiple of 32'}"
+                             " (--tsize must be positive multiples of 32, the network's stride)")
     return size

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from yolox_jax.cli import errors
-from yolox_jax.cli.common import add_debug_flag, parse_tsize
+from yolox_jax.cli.common import add_debug_flag, add_tsize_flag, parse_tsize
 
 
 def make_parser(prog: str = "yolox-jax eval") -> argparse.ArgumentParser:
@@ -68,8 +68,7 @@ def make_parser(prog: str = "yolox-jax eval") -> argparse.ArgumentParser:
     p.add_argument("--pre-nms-topk", type=int, default=0,
                    help="best N candidates into NMS (0: all anchors, exactly the official)")
     p.add_argument("--max-det", type=int, default=0, help="detections kept per image (0: all)")
-    p.add_argument("--tsize", type=int, nargs="+", default=None,
-                   help="test size: S (square) or H W; default: the config's test_size")
+    add_tsize_flag(p)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--legacy", action="store_true", help="legacy (pre-0.1.1) normalisation")
     p.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
@@ -160,8 +159,7 @@ def print_stats(info: Any, stats: dict[str, Any]) -> None:
 def _main(argv: list[str], prog: str) -> int:
     args = make_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.tsize is not None:
-        parse_tsize(args.tsize, (0, 0))
+    input_size = parse_tsize(args.tsize)  # None: the config's test_size
     if not os.path.exists(args.checkpoint):
         raise errors.UsageError(f"checkpoint {args.checkpoint!r} does not exist")
     if args.plots:
@@ -181,14 +179,14 @@ def _main(argv: list[str], prog: str) -> int:
     if n_data > n_model:
         raise errors.UsageError(f"{info.source} has {n_data} classes but the model "
                                 f"{args.checkpoint} predicts {n_model}")
+    # = Predictor.from_checkpoint, split: the dataset (read with the checkpoint's config)
+    # decides num_classes
     predictor = Predictor(
-        model, variables, input_size=parse_tsize(args.tsize, config.data.test_size),
-        conf=args.conf,
-        nms=args.nms, class_agnostic=args.class_agnostic,
-        pre_nms_topk=args.pre_nms_topk or None, max_det=args.max_det or None,
-        legacy=args.legacy or bool(config.data.get("legacy", False)), dtype=args.dtype,
+        model, variables, config=config, input_size=input_size, conf=args.conf, nms=args.nms,
+        class_agnostic=args.class_agnostic, pre_nms_topk=args.pre_nms_topk or None,
+        max_det=args.max_det or None, legacy=args.legacy or None, dtype=args.dtype,
         batch_buckets=(max(1, args.batch_size),),
-        num_classes=n_data if n_data < n_model else None, config=config,
+        num_classes=n_data if n_data < n_model else None,
     )
     result = evaluate_dataset(predictor, info, batch_size=args.batch_size,
                               progress=args.progress, split_timing=args.split_timing,
@@ -221,13 +219,10 @@ def write_plots(args: argparse.Namespace, info: Any, coco_gt: Any, detections: l
     from yolox_jax.eval.confusion import confusion_matrix
 
     if info.format == "coco":
-        from yolox_jax.eval.coco_eval import coco_pr_curves, load_coco_gt, to_coco_results
+        from yolox_jax.eval.coco_eval import coco_pr_curves, scoring_inputs
 
-        gt = load_coco_gt(coco_gt if coco_gt is not None else info.source)
-        results = to_coco_results(detections, [r.image_id for r in info.records],
-                                  info.category_ids)
-        curves = coco_pr_curves(gt, results, info.class_names,
-                                image_ids=[r.image_id for r in info.records])
+        gt, results, image_ids = scoring_inputs(info, detections, coco_gt)
+        curves = coco_pr_curves(gt, results, info.class_names, image_ids=image_ids)
     else:
         from yolox_jax.eval.voc_eval import voc_pr_curves
 

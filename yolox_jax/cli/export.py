@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from yolox_jax.cli import errors
-from yolox_jax.cli.common import add_debug_flag
+from yolox_jax.cli.common import add_debug_flag, add_tsize_flag, parse_tsize
 from yolox_jax.export.exporter import ExportUsageError, export_onnx
 from yolox_jax.export.onnx import MAX_OPSET, MIN_OPSET
 
@@ -38,9 +38,7 @@ def make_parser(prog: str = "yolox-jax export") -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", "--ckpt", "-c", required=True,
                    help="official .pth, exported folder, or training workdir")
     p.add_argument("--output", "--output-name", "-o", required=True, help="the .onnx to write")
-    p.add_argument("--tsize", type=int, nargs="+", default=None,
-                   help="input size: S (square) or H W, multiples of 32; default: the config's "
-                        "test_size")
+    add_tsize_flag(p, "input size")
     p.add_argument("--dynamic", action="store_true", help="symbolic batch axis ('batch')")
     p.add_argument("--decode-in-inference", "--decode_in_inference", action="store_true",
                    help="decoded boxes (cx, cy, w, h in input pixels) instead of the raw layout")
@@ -54,23 +52,12 @@ def make_parser(prog: str = "yolox-jax export") -> argparse.ArgumentParser:
     return p
 
 
-def _input_size(tsize: Sequence[int] | None, config: Any) -> tuple[int, int]:
-    if tsize is None:
-        return tuple(int(v) for v in config.data.test_size)
-    if len(tsize) == 1:
-        return (int(tsize[0]), int(tsize[0]))
-    if len(tsize) == 2:
-        return (int(tsize[0]), int(tsize[1]))
-    raise ExportUsageError(f"--tsize takes S or H W, got {list(tsize)}")
-
-
 def _check_variant(variables: Any, config: Any, checkpoint: str) -> None:
     """The checkpoint's variable shapes must be the config's (an exported folder or workdir
     loaded with another --config is otherwise only found deep inside Flax)."""
-    from yolox_jax.weights.convert import variable_shapes
+    from yolox_jax.weights.convert import num_classes_of, variable_shapes
 
-    num_classes = int(variables["params"]["head"]["cls_preds.0"]["bias"].shape[0])
-    want = variable_shapes(config, num_classes)["params"]
+    want = variable_shapes(config, num_classes_of(variables))["params"]
     got_paths = {jax.tree_util.keystr(k): np.shape(v) for k, v in
                  jax.tree_util.tree_leaves_with_path(variables["params"])}
     want_paths = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
@@ -87,10 +74,7 @@ def run(args: argparse.Namespace) -> Path:
     from yolox_jax.weights.checkpoint import CheckpointNotFound, load_checkpoint
     from yolox_jax.weights.convert import WeightsError
 
-    if args.tsize is not None:
-        bad = [v for v in args.tsize if v <= 0 or v % 32]
-        if bad:
-            raise ExportUsageError(f"--tsize {bad[0]} is not a multiple of 32")
+    tsize = parse_tsize(args.tsize)
     if not MIN_OPSET <= args.opset <= MAX_OPSET:
         raise ExportUsageError(f"--opset {args.opset} is not supported: expected "
                                f"{MIN_OPSET}..{MAX_OPSET}")
@@ -108,7 +92,7 @@ def run(args: argparse.Namespace) -> Path:
         raise ExportUsageError(str(e).splitlines()[0]) from None
     if args.config is not None:
         _check_variant(variables, config, args.checkpoint)
-    size = _input_size(args.tsize, config)
+    size = tsize or (int(config.data.test_size[0]), int(config.data.test_size[1]))
     legacy = bool(config.data.get("legacy", False)) if args.legacy is None else args.legacy
     t0 = time.perf_counter()
     proto = export_onnx(model, variables, config, input_size=size, batch=args.batch,

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from yolox_jax.cli import errors
-from yolox_jax.cli.common import add_debug_flag, parse_tsize
+from yolox_jax.cli.common import add_debug_flag, add_tsize_flag, parse_tsize
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".webp", ".bmp", ".png", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
@@ -66,8 +66,7 @@ def make_parser(prog: str = "yolox-jax predict") -> argparse.ArgumentParser:
                    help="runtime for a .onnx --checkpoint (auto: onnxruntime, else OpenVINO)")
     p.add_argument("--conf", type=float, default=0.3, help="score threshold (obj * cls)")
     p.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold")
-    p.add_argument("--tsize", type=int, nargs="+", default=None,
-                   help="test size: S (square) or H W; default: the config's test_size")
+    add_tsize_flag(p)
     p.add_argument("--class-agnostic", action=argparse.BooleanOptionalAction, default=True,
                    help="class-agnostic NMS (default, as the official demo)")
     p.add_argument("--legacy", action="store_true", help="legacy (pre-0.1.1) normalisation")
@@ -139,22 +138,19 @@ def list_images(path: str) -> list[Path]:
 def build_predictor(args: argparse.Namespace) -> tuple[Any, tuple[str, ...]]:
     """Load the checkpoint and wrap it; -> (Predictor, class names)."""
     from yolox_jax.data.classes import class_names_for
-    from yolox_jax.inference import Predictor, load_model
+    from yolox_jax.inference import Predictor
 
     if args.config is not None and args.name is not None:
         raise DemoError("give --config or --name, not both")
-    model, variables, config = load_model(args.checkpoint, args.config or args.name,
-                                          backend=args.backend)
-    names = class_names_for(tuple(config.data.get("class_names", ())), int(model.num_classes),
-                            str(config.data.get("format", "coco")))
-    batch = max(1, int(args.batch_size))
-    predictor = Predictor(
-        model, variables, input_size=parse_tsize(args.tsize, config.data.test_size),
-        conf=args.conf,
-        nms=args.nms, class_agnostic=args.class_agnostic,
-        legacy=args.legacy or bool(config.data.get("legacy", False)), dtype=args.dtype,
-        batch_buckets=(1, batch), config=config,
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint, args.config or args.name, backend=args.backend,
+        input_size=parse_tsize(args.tsize), conf=args.conf, nms=args.nms,
+        class_agnostic=args.class_agnostic, legacy=args.legacy or None, dtype=args.dtype,
+        batch_buckets=(1, max(1, int(args.batch_size))),
     )
+    d = predictor.config.data
+    names = class_names_for(tuple(d.get("class_names", ())), int(predictor.model.num_classes),
+                            str(d.get("format", "coco")))
     return predictor, names
 
 
@@ -351,8 +347,7 @@ def run(argv: Sequence[str] | None = None, prog: str = "yolox-jax predict") -> d
     """Run the demo; returns the detections (the json content) for callers and tests. Bad input
     raises DemoError (or another of the project's errors) before any model is loaded."""
     args = make_parser(prog).parse_args(argv)
-    if args.tsize is not None:
-        parse_tsize(args.tsize, (0, 0))
+    parse_tsize(args.tsize)  # a bad --tsize fails before anything is read
     kind, path = resolve_args(args)
     if kind in ("image", "folder"):  # fail on bad input before loading any model
         files = list_images(path)

@@ -15,11 +15,8 @@ loss (the last good checkpoint is kept).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from yolox_jax.cli import errors
 from yolox_jax.cli.common import add_debug_flag, parse_config_args
@@ -33,46 +30,6 @@ def make_parser(prog: str = "yolox-jax train") -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="where checkpoints and logs go")
     add_debug_flag(p)
     return p
-
-
-@contextlib.contextmanager
-def yolo_bridge(config: Any, workdir: str | os.PathLike) -> Iterator[None]:
-    """Phase-1 bridge (issue 16): the trainer and the evaluator dispatch on data.format
-    themselves and know only coco / voc. For a YOLO dataset, their two readers are pointed at
-    `datasets.read_split` for the duration of the run (the evaluation through a COCO view of
-    the val split, scored by pycocotools; its ground truth is written to
-    `workdir/yolo_val_coco.json`, since the evaluator loads it by path). Remove once
-    trainer.read_train_records and evaluator.read_config_dataset call `read_split` (phase 2)."""
-    if config.data.format != "yolo":
-        yield
-        return
-    from yolox_jax.data import datasets
-    from yolox_jax.eval import evaluator
-    from yolox_jax.eval.coco_eval import for_scoring
-    from yolox_jax.train import trainer
-
-    d = config.data
-    if not d.data_dir:  # the evaluator caches the dataset by data_dir (among others)
-        d.data_dir = os.path.dirname(os.path.abspath(datasets.yolo_yaml(d)))
-
-    def read_val(cfg: Any, **overrides: Any):
-        import json
-
-        view, gt = for_scoring(datasets.read_split(cfg, "val"))
-        os.makedirs(workdir, exist_ok=True)
-        path = os.path.join(workdir, "yolo_val_coco.json")
-        with open(path, "w") as f:
-            json.dump(gt.dataset, f)
-        view.source = path
-        return view
-
-    saved = trainer.read_train_records, evaluator.read_config_dataset
-    trainer.read_train_records = lambda cfg: datasets.read_split(cfg, "train")
-    evaluator.read_config_dataset = read_val
-    try:
-        yield
-    finally:
-        trainer.read_train_records, evaluator.read_config_dataset = saved
 
 
 def _main(argv: list[str], prog: str) -> int:
@@ -96,8 +53,7 @@ def _main(argv: list[str], prog: str) -> int:
     trainer.setup_runtime(config)
     validate_config(config, num_devices=jax.device_count())
     try:
-        with yolo_bridge(config, args.workdir):
-            trainer.train(config, args.workdir)
+        trainer.train(config, args.workdir)
     except trainer.NonFiniteLossError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 3

@@ -33,7 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from yolox_jax.data.transforms import PAD_VALUE, letterbox, to_bgr
+from yolox_jax.data.transforms import PAD_VALUE, letterbox, resize_fit, to_bgr
 from yolox_jax.ops.boxes import xyxy_to_cxcywh
 
 # A record loader: index -> (image [h, w, 3] BGR uint8, boxes [K, 4] xyxy pixels, classes [K]).
@@ -123,11 +123,7 @@ def mosaic(
     for i, (img, boxes, classes) in enumerate(samples):
         img = to_bgr(img, f"mosaic image {i}")
         boxes, classes = _as_boxes(boxes, classes, f"mosaic boxes {i}")
-        h0, w0 = img.shape[:2]
-        scale = min(1.0 * input_h / h0, 1.0 * input_w / w0)
-        new_wh = (max(1, int(w0 * scale)), max(1, int(h0 * scale)))
-        if new_wh != (w0, h0):  # a same-size resize is a copy
-            img = cv2.resize(img, new_wh, interpolation=cv2.INTER_LINEAR)
+        img, scale = resize_fit(img, (input_h, input_w))
         h, w = img.shape[:2]
         (l_x1, l_y1, l_x2, l_y2), (s_x1, s_y1, s_x2, s_y2) = get_mosaic_coordinate(
             i, xc, yc, w, h, input_h, input_w

@@ -44,6 +44,7 @@ import numpy as np
 
 from yolox_jax.data.io import UnreadableImageError, read_image
 from yolox_jax.data.transforms import resize_fit
+from yolox_jax.home import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +130,8 @@ def _entry_name(source: str) -> str:
 
 
 def default_cache_dir() -> Path:
-    """`$XDG_CACHE_HOME/yolox_jax/images` (or `~/.cache/...`): datasets are often read-only."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "yolox_jax" / "images"
+    """`home.cache_root("images")`: datasets are often read-only."""
+    return cache_root("images")
 
 
 class ImageStore:

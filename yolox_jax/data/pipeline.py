@@ -55,6 +55,7 @@ import numpy as np
 
 from yolox_jax.data.augment import augment_record
 from yolox_jax.data.cache import ImageStore, UnreadableImageError
+from yolox_jax.data.transforms import letterbox_ratio
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ class _SampleFn:
                 continue
             events["cache_repaired"] += int(repaired)
             # As the official pull_item: boxes scaled by the image's own resize ratio.
-            scale = min(h_in / src_hw[0], w_in / src_hw[1])
+            scale = letterbox_ratio(src_hw, (h_in, w_in))
             expected = self.store.expected_hw(r)
             events["size_mismatch"] += int(expected is not None and src_hw != expected)
             return img, self.boxes[r] * scale, self.classes[r]

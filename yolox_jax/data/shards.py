@@ -56,6 +56,7 @@ from yolox_jax.data.readers import (
     ImageRecord,
     ReadWarnings,
 )
+from yolox_jax.home import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +261,8 @@ def read_index(location: str) -> dict[str, Any]:
 
 
 def default_local_dir() -> str:
-    """`$XDG_CACHE_HOME/yolox_jax/shards` (or `~/.cache/...`): per-host copies of remote sets."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "yolox_jax", "shards")
+    """`home.cache_root("shards")`: per-host copies of remote sets."""
+    return str(cache_root("shards"))
 
 
 def _stage(location: str, files: Sequence[dict[str, Any]], local_dir: str) -> str:

@@ -65,12 +65,16 @@ def resize_fit(img: np.ndarray, size: Sequence[int]) -> tuple[np.ndarray, float]
     """Resize to fit in `size` (H, W) keeping the aspect ratio, without padding -> (resized, r).
 
     This is the official `COCODataset.load_resized_img` (what `pull_item` returns and the image
-    cache holds); boxes of the source image are multiplied by r. Output [int(h*r), int(w*r), 3].
+    cache holds) and the resize of each mosaic tile; boxes of the source image are multiplied by
+    r. Output [int(h*r), int(w*r), 3]; an image already of that size is returned as it is (cv2's
+    same-size INTER_LINEAR resize is a copy).
     """
     img = to_bgr(img)
     r = letterbox_ratio(img.shape[:2], size)
     # max(1, .): a 1000:1 strip would otherwise round to 0 pixels and make cv2 fail.
     new_wh = (max(1, int(img.shape[1] * r)), max(1, int(img.shape[0] * r)))
+    if new_wh == (img.shape[1], img.shape[0]):
+        return img, r
     resized = cv2.resize(img, new_wh, interpolation=cv2.INTER_LINEAR).astype(np.uint8)
     return resized, r
 

@@ -115,6 +115,16 @@ def format_per_class_table(
     return "\n".join([line(headers), sep, *(line(r) for r in cells)])
 
 
+def scoring_inputs(info: Any, detections: Sequence[Any], coco_gt: Any = None
+                   ) -> tuple[Any, list[dict[str, Any]], list[int]]:
+    """A COCO DatasetInfo and one detection set per record -> (ground truth, results list,
+    image ids to score) for `evaluate_coco` / `coco_pr_curves`. coco_gt: the ground truth to
+    use (default: loaded from `info.source`)."""
+    gt = load_coco_gt(coco_gt if coco_gt is not None else info.source)
+    image_ids = [r.image_id for r in info.records]
+    return gt, to_coco_results(detections, image_ids, info.category_ids), image_ids
+
+
 def evaluate_coco(
     coco_gt: Any,
     results: Sequence[Mapping[str, Any]],

@@ -29,7 +29,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from yolox_jax.data.readers import DatasetInfo
 from yolox_jax.data.transforms import letterbox_ratio
@@ -135,20 +134,19 @@ def pack_detections(
     detections: Sequence[ImageDetections], indices: Sequence[int]
 ) -> dict[str, np.ndarray]:
     """Detections of some images -> arrays: images int32 [n, 5] (record index, h, w,
-    num_candidates, num_kept); rows float32 [M, 7] (x1, y1, x2, y2, score, obj, cls_conf);
-    row_ids int32 [M, 2] (record index, class)."""
+    num_candidates, num_kept); rows float32 [M, 7] (`ImageDetections.rows`: x1, y1, x2, y2, obj,
+    cls_conf, cls); scores float32 [M]; row_ids int32 [M] (record index)."""
     images = np.array(
         [[i, d.image_hw[0], d.image_hw[1], d.num_candidates, d.num_kept]
          for i, d in zip(indices, detections, strict=True)], np.int32,
     ).reshape(-1, 5)
-    rows = [np.concatenate([d.boxes, d.scores[:, None], d.obj[:, None], d.cls_conf[:, None]],
-                           axis=1) for d in detections]
-    ids = [np.stack([np.full(len(d), i), d.classes], axis=1)
-           for i, d in zip(indices, detections, strict=True)]
+    ids = [np.full(len(d), i, np.int32) for i, d in zip(indices, detections, strict=True)]
     return {
         "images": images,
-        "rows": np.concatenate(rows + [np.zeros((0, 7), np.float32)]).astype(np.float32),
-        "row_ids": np.concatenate(ids + [np.zeros((0, 2), np.int64)]).astype(np.int32),
+        "rows": np.concatenate([d.rows() for d in detections] + [np.zeros((0, 7), np.float32)]),
+        "scores": np.concatenate([d.scores for d in detections] + [np.zeros(0, np.float32)]
+                                 ).astype(np.float32),
+        "row_ids": np.concatenate(ids + [np.zeros(0, np.int32)]),
     }
 
 
@@ -162,15 +160,15 @@ def unpack_detections(
     if not np.array_equal(got, np.arange(num_images)):
         raise ValueError(f"gathered detections cover {len(got)} image slots, expected each of "
                          f"0..{num_images - 1} once")
-    order = np.argsort(ids[:, 0], kind="stable")
-    rows, ids = rows[order], ids[order]
-    bounds = np.searchsorted(ids[:, 0], np.arange(num_images + 1))
+    order = np.argsort(ids, kind="stable")
+    rows, scores, ids = rows[order], packed["scores"][order], ids[order]
+    bounds = np.searchsorted(ids, np.arange(num_images + 1))
     out: list[ImageDetections | None] = [None] * num_images
     for i, h, w, nc, nk in images.tolist():
         r = rows[bounds[i]:bounds[i + 1]]
         out[i] = ImageDetections(
-            boxes=r[:, :4].copy(), scores=r[:, 4].copy(), obj=r[:, 5].copy(),
-            cls_conf=r[:, 6].copy(), classes=ids[bounds[i]:bounds[i + 1], 1].copy(),
+            boxes=r[:, :4].copy(), scores=scores[bounds[i]:bounds[i + 1]].copy(),
+            obj=r[:, 4].copy(), cls_conf=r[:, 5].copy(), classes=r[:, 6].astype(np.int32),
             ratio=float(letterbox_ratio((h, w), input_size)), image_hw=(h, w),
             num_candidates=nc, num_kept=nk,
         )
@@ -257,7 +255,7 @@ def evaluate_dataset(
     coco_gt: a pycocotools COCO to reuse (default: loaded from `info.source`, on process 0
     only); use_07_metric: VOC only. COCO is scored on the records' images only.
     """
-    from yolox_jax.eval.coco_eval import evaluate_coco, load_coco_gt, to_coco_results
+    from yolox_jax.eval.coco_eval import evaluate_coco, scoring_inputs
     from yolox_jax.eval.voc_eval import evaluate_voc
 
     if predictor.num_classes != len(info.class_names):
@@ -292,11 +290,8 @@ def evaluate_dataset(
     stats: dict[str, Any] = {}
     if pi == 0:
         if info.format == "coco":
-            gt = load_coco_gt(coco_gt if coco_gt is not None else info.source)
-            results = to_coco_results(dets, [r.image_id for r in info.records],
-                                      info.category_ids)
-            stats = evaluate_coco(gt, results, info.class_names,
-                                  image_ids=[r.image_id for r in info.records])
+            gt, results, image_ids = scoring_inputs(info, dets, coco_gt)
+            stats = evaluate_coco(gt, results, info.class_names, image_ids=image_ids)
         else:
             stats = evaluate_voc(dets, info.records, info.class_names, use_07_metric)
     if pc > 1:
@@ -308,34 +303,48 @@ def evaluate_dataset(
     return EvalResult(stats=stats, detections=dets)
 
 
-def read_config_dataset(config: Any, **overrides: Any) -> DatasetInfo:
-    """The evaluation split named by `config.data`: a packed shard set `val_shards` (any
-    path or URL) if set; else COCO `data_dir` + `val_ann` (under `annotations/`) +
-    `val_images`; VOC `data_dir` + `voc_val_split` + `class_names`."""
-    from yolox_jax.data import readers
+class Evaluator:
+    """The trainer's evaluation: `config.data`'s val split (`datasets.read_split(config, "val")`;
+    a YOLO dataset scored as COCO through `coco_eval.for_scoring`), `config.test` thresholds,
+    `data.test_size` / `data.legacy`.
 
-    d = config.data
-    shards_at = overrides.get("shards", d.get("val_shards", ""))
-    if shards_at:
-        from yolox_jax.data.shards import open_shards
+    Built once per run: it keeps the dataset, the ground truth (COCO: process 0 only, which
+    scores) and, from the first `evaluate`, the compiled predictor; `evaluate(variables)` swaps
+    the weights in (the trainer calls it every `eval_interval` epochs; nothing recompiles).
+    """
 
-        return open_shards(shards_at, local_dir=d.get("shards_local_dir", ""))
-    fmt = overrides.get("format", d.format)
-    data_dir = overrides.get("data_dir", d.data_dir)
-    if fmt == "coco":
-        return readers.read_coco(data_dir, overrides.get("ann", d.val_ann),
-                                 overrides.get("images", d.val_images))
-    if fmt == "voc":
-        names = tuple(overrides.get("class_names", d.class_names)) or None
-        return readers.read_voc(data_dir, overrides.get("split", d.voc_val_split), names)
-    raise ValueError(f"config.data.format must be 'coco' or 'voc', got {fmt!r}")
+    def __init__(self, model: Any, config: Any, *, batch_size: int = 8, progress: bool = True,
+                 split_timing: bool = False):
+        from yolox_jax.data.datasets import read_split
+        from yolox_jax.eval.coco_eval import for_scoring, load_coco_gt
 
+        self.model, self.config = model, config
+        self.batch_size, self.progress, self.split_timing = int(batch_size), progress, split_timing
+        self.info, self.coco_gt = for_scoring(read_split(config, "val"))
+        if self.coco_gt is None and self.info.format == "coco" and jax.process_index() == 0:
+            self.coco_gt = load_coco_gt(self.info.source)
+        self.predictor: Predictor | None = None
 
-def _replicated(predictor: Predictor) -> NamedSharding:
-    return NamedSharding(predictor.mesh, PartitionSpec())
+    def _predictor(self, variables: Any) -> Predictor:
+        t, model = self.config.test, self.model
+        n_data, n_model = len(self.info.class_names), int(model.num_classes)
+        return Predictor(  # input size and legacy flag: the config's (data.test_size / legacy)
+            model, variables, config=self.config, conf=float(t.conf), nms=float(t.nms),
+            class_agnostic=bool(t.class_agnostic), pre_nms_topk=t.pre_nms_topk,
+            max_det=t.max_det, dtype=model.dtype, batch_buckets=(self.batch_size,),
+            num_classes=n_data if n_data != n_model else None,
+        )
 
-
-_CACHE: dict[str, Any] = {}  # the last evaluation's dataset, ground truth and predictor
+    def evaluate(self, variables: Any) -> dict[str, Any]:
+        """The stats of `variables` (host or device arrays; no detections)."""
+        if self.predictor is None:
+            self.predictor = self._predictor(variables)
+        else:
+            self.predictor.set_variables(variables)
+        result = evaluate_dataset(self.predictor, self.info, batch_size=self.batch_size,
+                                  progress=self.progress, split_timing=self.split_timing,
+                                  coco_gt=self.coco_gt)
+        return result.stats
 
 
 def evaluate_config_dataset(
@@ -347,45 +356,7 @@ def evaluate_config_dataset(
     progress: bool = True,
     split_timing: bool = False,
 ) -> dict[str, Any]:
-    """The trainer's evaluation: `config.data`'s evaluation split, `config.test` thresholds,
-    `data.test_size` / `data.legacy`. Returns the stats dict (no detections).
-
-    The dataset, the COCO ground truth and the compiled predictor are kept between calls (the
-    trainer calls this every `eval_interval` epochs; only the weights change), keyed by the
-    model object and the settings.
-    """
-    t = config.test
-    d = config.data
-    data_key = (d.format, d.data_dir, d.val_ann, d.val_images, d.voc_val_split,
-                tuple(d.class_names), d.get("val_shards", ""))
-    if _CACHE.get("data_key") != data_key:
-        info = read_config_dataset(config)
-        gt = None
-        if info.format == "coco" and jax.process_index() == 0:  # only process 0 scores
-            from yolox_jax.eval.coco_eval import load_coco_gt
-
-            gt = load_coco_gt(info.source)
-        _CACHE.clear()
-        _CACHE.update(data_key=data_key, info=info, gt=gt)
-    info, gt = _CACHE["info"], _CACHE["gt"]
-    pred_key = (id(model), tuple(d.test_size), bool(t.class_agnostic), t.pre_nms_topk, t.max_det,
-                bool(d.get("legacy", False)), len(info.class_names), int(batch_size))
-    predictor = _CACHE.get("predictor")
-    if _CACHE.get("pred_key") != pred_key or predictor is None:
-        model_classes = int(model.num_classes)
-        predictor = Predictor(
-            model, variables, input_size=tuple(d.test_size), conf=float(t.conf),
-            nms=float(t.nms), class_agnostic=bool(t.class_agnostic),
-            pre_nms_topk=t.pre_nms_topk, max_det=t.max_det, legacy=bool(d.get("legacy", False)),
-            dtype=model.dtype, batch_buckets=(int(batch_size),),
-            num_classes=len(info.class_names) if len(info.class_names) != model_classes
-            else None,
-            config=config,
-        )
-        _CACHE.update(pred_key=pred_key, predictor=predictor)
-    else:
-        predictor.variables = jax.device_put(variables, _replicated(predictor))
-        predictor.conf, predictor.nms = float(t.conf), float(t.nms)
-    result = evaluate_dataset(predictor, info, batch_size=batch_size, progress=progress,
-                              split_timing=split_timing, coco_gt=gt)
-    return result.stats
+    """One evaluation of `variables` on `config.data`'s val split (see `Evaluator`, which a
+    loop evaluating several times holds instead: this reads and compiles every call)."""
+    return Evaluator(model, config, batch_size=batch_size, progress=progress,
+                     split_timing=split_timing).evaluate(variables)

@@ -205,7 +205,7 @@ def load_onnx(path: str | os.PathLike, config: Any = None, backend: str = "auto"
     if config is not None:
         cfg = as_config(config).copy_and_resolve_references()
     elif "config" in model.metadata:
-        from yolox_jax.weights.checkpoint import config_from_json
+        from yolox_jax.config import config_from_json
 
         cfg = config_from_json(model.metadata["config"])
     else:

@@ -5,13 +5,13 @@ box that is not yet suppressed is kept and suppresses every later box j whose fl
 `inter / (area_i + area_j - inter)` is `> iou_threshold` (the threshold is a C++ double). This
 module reproduces that rule exactly:
 
-* IoU in float32 in the kernel's operation order. XLA CPU (and, by default, GPU) contracts `a * b +
-  c` into a fused multiply-add, which changes the last bit of about 4 % of the IoUs of random boxes
-  (measured on jax 0.10.2 CPU with `ops.boxes.box_iou` under jit; `lax.optimization_barrier` does
-  not help, XLA CPU removes it before fusion). Every product that feeds an add here goes through an
-  identity select (`rounded_product`), which LLVM cannot contract through, so the IoUs are bit-
-  identical to the C++ kernel's (tested). `ops.boxes.box_iou` has the same op order but not this
-  guard, so it is not used here.
+* IoU in float32 in the kernel's operation order: `ops.boxes.box_iou(..., exact=True)`. XLA CPU
+  (and, by default, GPU) contracts `a * b + c` into a fused multiply-add, which changes the last
+  bit of about 4 % of the IoUs of random boxes (measured on jax 0.10.2 CPU with the plain
+  `box_iou` under jit; `lax.optimization_barrier` does not help, XLA CPU removes it before
+  fusion). With `exact=True` every product that feeds an add goes through an identity select
+  (`ops.boxes.rounded_product`), which LLVM cannot contract through, so the IoUs are bit-identical
+  to the C++ kernel's (tested).
 * float32 IoU `>` double threshold: for a Python float threshold `t` this equals float32 IoU `>`
   `t` rounded *down* to float32 (`nms_threshold_f32`); a traced threshold is used as the float32
   value it holds (exact when it is representable, e.g. 0.5, or when it was made by
@@ -27,6 +27,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from yolox_jax.ops.boxes import box_area, box_iou
 
 
 def nms_threshold_f32(threshold: float) -> np.float32:
@@ -49,38 +51,10 @@ def as_threshold(threshold: Any) -> jax.Array:
     return jnp.asarray(threshold, jnp.float32)
 
 
-def rounded_product(a: jax.Array, b: jax.Array) -> jax.Array:
-    """`a * b` rounded to float32 on its own, never contracted into an FMA by a later add / sub.
-
-    LLVM fuses an `fmul` only when it feeds an `fadd` / `fsub` directly; a select in between
-    stops it (and `lax.optimization_barrier` does not: XLA CPU removes barriers before fusion).
-    The select is an identity: where `a == 0` the product is a zero as well (finite `b`).
-    """
-    return jnp.where(a != 0, a * b, jnp.zeros_like(a))
-
-
-def box_areas(boxes: jax.Array) -> jax.Array:
-    """[..., 4] x1y1x2y2 -> [...] `(x2 - x1) * (y2 - y1)` in float32, each product rounded alone."""
-    return rounded_product(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1])
-
-
-def _iou_with(box: jax.Array, area: jax.Array, boxes: jax.Array, areas: jax.Array) -> jax.Array:
-    """IoU of one box [4] (area []) with boxes [K, 4] (areas [K]) -> [K], torchvision's op order."""
-    w = jnp.maximum(jnp.minimum(box[2], boxes[:, 2]) - jnp.maximum(box[0], boxes[:, 0]), 0.0)
-    h = jnp.maximum(jnp.minimum(box[3], boxes[:, 3]) - jnp.maximum(box[1], boxes[:, 1]), 0.0)
-    inter = rounded_product(w, h)
-    return inter / (area + areas - inter)
-
-
 def pairwise_iou(boxes: jax.Array) -> jax.Array:
     """[K, 4] x1y1x2y2 -> [K, K] float32 IoU, bit-identical to torchvision's CPU NMS kernel."""
     boxes = jnp.asarray(boxes, jnp.float32)
-    areas = box_areas(boxes)
-    a, b = boxes[:, None], boxes[None]
-    w = jnp.maximum(jnp.minimum(a[..., 2], b[..., 2]) - jnp.maximum(a[..., 0], b[..., 0]), 0.0)
-    h = jnp.maximum(jnp.minimum(a[..., 3], b[..., 3]) - jnp.maximum(a[..., 1], b[..., 1]), 0.0)
-    inter = rounded_product(w, h)
-    return inter / (areas[:, None] + areas[None] - inter)
+    return box_iou(boxes[:, None], boxes[None], exact=True)
 
 
 def score_order(scores: jax.Array, valid: jax.Array) -> jax.Array:
@@ -101,7 +75,7 @@ def _greedy_sorted(
     """Greedy NMS over candidates already in processing order -> keep [K] bool."""
     k = boxes.shape[0]
     idx = jnp.arange(k, dtype=jnp.int32)
-    areas = box_areas(boxes)
+    areas = box_area(boxes, exact=True)  # once, not per kept box
 
     def first_open(after: jax.Array, suppressed: jax.Array) -> jax.Array:
         open_ = valid & ~suppressed & (idx > after)
@@ -112,7 +86,7 @@ def _greedy_sorted(
 
     def body(state: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         i, suppressed = state  # box i is kept: it is valid and no earlier kept box suppressed it
-        over = _iou_with(boxes[i], areas[i], boxes, areas) > thr
+        over = box_iou(boxes[i], boxes, exact=True, areas=(areas[i], areas)) > thr  # [K]
         if classes is not None:
             over = over & (classes == classes[i])
         suppressed = suppressed | (over & (idx > i))

@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yolox_jax.ops.boxes import cxcywh_to_xyxy
-from yolox_jax.ops.nms import as_threshold, nms_mask, rounded_product, score_order
+from yolox_jax.ops.boxes import cxcywh_to_xyxy, rounded_product
+from yolox_jax.ops.nms import as_threshold, nms_mask, score_order
 
 # torchvision's batched_nms on CPU: per-class loop when boxes.numel() > 4000, i.e. > 1000 boxes.
 _VANILLA_MIN_CANDIDATES = 1001
@@ -166,23 +166,24 @@ def postprocess(
     )
 
 
-def detections_to_rows(det: Detections) -> list[np.ndarray]:
-    """Detections -> per image a NumPy [num_valid, 7] array in the official row layout.
+def official_rows(boxes: np.ndarray, obj: np.ndarray, cls_conf: np.ndarray,
+                  classes: np.ndarray) -> np.ndarray:
+    """boxes [K, 4], obj / cls_conf / classes [K] -> [K, 7] float32 in the official row layout
+    (x1, y1, x2, y2, obj, cls_conf, cls): the one row layout (`ImageDetections.rows`, the
+    multi-host gather, `detections_to_rows`)."""
+    return np.concatenate(
+        [np.asarray(boxes).reshape(-1, 4), np.asarray(obj)[:, None],
+         np.asarray(cls_conf)[:, None], np.asarray(classes)[:, None].astype(np.float32)],
+        axis=1,
+    ).astype(np.float32)
 
-    Columns (x1, y1, x2, y2, obj, cls_conf, cls) float32, as `postprocess` of the official code
-    returns them (it returns None for an image without detections; here a [0, 7] array).
-    """
+
+def detections_to_rows(det: Detections) -> list[np.ndarray]:
+    """Detections -> per image a NumPy [num_valid, 7] array in the official row layout
+    (`official_rows`), as `postprocess` of the official code returns them (it returns None for
+    an image without detections; here a [0, 7] array)."""
     boxes, obj, cls_conf, classes, num_valid = jax.device_get(
         (det.boxes, det.obj, det.cls_conf, det.classes, det.num_valid)
     )
-    rows = []
-    for b in range(boxes.shape[0]):
-        v = int(num_valid[b])
-        rows.append(
-            np.concatenate(
-                [boxes[b, :v], obj[b, :v, None], cls_conf[b, :v, None],
-                 classes[b, :v, None].astype(np.float32)],
-                axis=1,
-            ).astype(np.float32)
-        )
-    return rows
+    return [official_rows(boxes[b, :v], obj[b, :v], cls_conf[b, :v], classes[b, :v])
+            for b, v in enumerate(int(n) for n in num_valid)]

@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from yolox_jax.weights.checkpoint import config_from_json, config_to_json
+from yolox_jax.config import config_from_json, config_to_json
 
 
 class TrainCheckpointer:

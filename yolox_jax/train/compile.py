@@ -24,14 +24,14 @@ from typing import Any
 import jax
 
 from yolox_jax.data.multiscale import multiscale_size, size_range
+from yolox_jax.home import cache_root
 
 
 def default_cache_dir() -> Path:
-    """$YOLOX_JAX_COMPILATION_CACHE, else $YOLOX_JAX_HOME/jax_cache (~/.cache/yolox_jax)."""
+    """$YOLOX_JAX_COMPILATION_CACHE, else `home.cache_root("jax_cache")`."""
     if os.environ.get("YOLOX_JAX_COMPILATION_CACHE"):
         return Path(os.environ["YOLOX_JAX_COMPILATION_CACHE"])
-    home = Path(os.environ.get("YOLOX_JAX_HOME", Path.home() / ".cache" / "yolox_jax"))
-    return home / "jax_cache"
+    return cache_root("jax_cache")
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None,

@@ -29,11 +29,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from yolox_jax.config import SCHEDULERS
+
 Schedule = Callable[[jax.Array], jax.Array]
 
 # Flax leaf name -> official parameter group (pg0 BN weights, pg1 conv weights, pg2 biases).
 PARAM_GROUPS = {"scale": "bn_weight", "kernel": "conv_weight", "bias": "bias"}
-SCHEDULERS = ("yoloxwarmcos",)
 EMA_RAMP = 2000.0  # official ModelEMA: decay * (1 - exp(-updates / 2000))
 
 

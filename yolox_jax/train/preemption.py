@@ -59,7 +59,7 @@ class StopAgreement:
     """
 
     def __init__(self, mesh: Mesh):
-        from yolox_jax.train.step import batch_sharding, replicated
+        from yolox_jax.sharding import batch_sharding, replicated
 
         self.mesh = mesh
         self.multi = jax.process_count() > 1

@@ -25,34 +25,23 @@ EMA, BN statistics, SimOTA and the losses stay float32.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from yolox_jax.sharding import DATA_AXIS, batch_sharding, make_mesh, replicated
 from yolox_jax.train.state import TrainState
 
-DATA_AXIS = "data"
+__all__ = ["BN_SYNC", "DATA_AXIS", "batch_sharding", "global_batch", "make_mesh",
+           "make_train_step", "replicated"]  # the mesh helpers re-exported (yolox_jax.sharding)
+
 BN_SYNC = ("global", "device")
-
-
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh over all (global) devices with the batch axis `data`."""
-    devices = list(devices) if devices is not None else jax.devices()
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(DATA_AXIS))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
 
 
 def global_batch(mesh: Mesh, *local_arrays: np.ndarray) -> tuple[jax.Array, ...]:

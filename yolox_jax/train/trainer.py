@@ -56,23 +56,6 @@ def setup_runtime(config: ml_collections.ConfigDict) -> None:
         enable_compilation_cache()
 
 
-def read_train_records(config: ml_collections.ConfigDict):
-    """The training split named by `config.data` (a shard set `train_shards`, COCO
-    `train_ann` / `train_images`, or VOC `voc_train_split`) as a readers.DatasetInfo."""
-    from yolox_jax.data import readers
-
-    d = config.data
-    if d.get("train_shards", ""):
-        from yolox_jax.data.shards import open_shards
-
-        return open_shards(d.train_shards, local_dir=d.get("shards_local_dir", ""))
-    if d.format == "voc":
-        return readers.read_voc(d.data_dir, d.voc_train_split, tuple(d.class_names) or None)
-    if d.format == "coco":
-        return readers.read_coco(d.data_dir, d.train_ann, d.train_images)
-    raise ValueError(f"config.data.format must be 'coco' or 'voc', got {d.format!r}")
-
-
 def init_variables_from(
     model: Any, fresh: dict, path: str, config: ml_collections.ConfigDict, log=print
 ) -> dict:
@@ -80,14 +63,14 @@ def init_variables_from(
     copied; the others (the class predictions when num_classes differs) keep their fresh
     initialisation, and we say which."""
     from yolox_jax.weights.checkpoint import load_checkpoint
-    from yolox_jax.weights.convert import _flat, _unflat
+    from yolox_jax.weights.convert import flatten_tree, unflatten_tree
 
     _, loaded, _ = load_checkpoint(path)
     out = {}
     reinit = []
     for col in ("params", "batch_stats"):
-        src = _flat(loaded.get(col, {}))
-        dst = _flat(jax.device_get(fresh[col]))
+        src = flatten_tree(loaded.get(col, {}))
+        dst = flatten_tree(jax.device_get(fresh[col]))
         merged = {}
         for k, v in dst.items():
             if k in src and tuple(np.shape(src[k])) == tuple(np.shape(v)):
@@ -95,7 +78,7 @@ def init_variables_from(
             else:
                 merged[k] = v
                 reinit.append("/".join(k))
-        out[col] = _unflat(merged)
+        out[col] = unflatten_tree(merged)
         missing = [k for k in src if k not in dst]
         if missing:
             raise ValueError(f"{path}: {len(missing)} tensors have no place in {config.name}, "
@@ -147,27 +130,24 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
           evaluate_fn: Any = None, max_steps: int | None = None) -> dict[str, Any]:
     """Train (or resume) in `workdir`. Returns a summary (last metrics, last eval, steps run).
 
-    `evaluate_fn(model, variables, config) -> dict` overrides the evaluator of `evaluate.py`
-    (called on every process, with host copies of the EMA variables); `max_steps` stops early
+    `evaluate_fn(model, variables, config) -> dict` overrides the evaluator (by default an
+    `eval.evaluator.Evaluator`, built at the first evaluation and held for the run; called on
+    every process, with host copies of the EMA variables); `max_steps` stops early
     (tests, benchmarks) after saving.
     """
+    from yolox_jax.config import config_to_json
+    from yolox_jax.data.datasets import read_split
     from yolox_jax.data.multiscale import multiscale_size
     from yolox_jax.data.pipeline import TrainLoader
     from yolox_jax.models.yolox import build_model, init_variables
+    from yolox_jax.sharding import batch_sharding, make_mesh, replicated
     from yolox_jax.train.checkpointing import TrainCheckpointer
     from yolox_jax.train.compile import precompile, run_sizes
     from yolox_jax.train.optim import make_optimizer
     from yolox_jax.train.preemption import StopAgreement, StopSignal
     from yolox_jax.train.prefetch import prefetch_to_mesh
     from yolox_jax.train.state import create_train_state
-    from yolox_jax.train.step import (
-        BN_SYNC,
-        batch_sharding,
-        make_mesh,
-        make_train_step,
-        replicated,
-    )
-    from yolox_jax.weights.checkpoint import config_to_json
+    from yolox_jax.train.step import BN_SYNC, make_train_step
 
     t, d = config.train, config.data
     if t.bn_sync not in BN_SYNC:
@@ -183,7 +163,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config_to_json(config))
 
-    info = read_train_records(config)
+    info = read_split(config, "train")
     records = info.records
     mesh = make_mesh()
     n_dev = mesh.devices.size
@@ -238,10 +218,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     def save(step: int, epoch: int, next_batch: int) -> None:
         ckpt.save(step, state, loader.state(epoch, next_batch), {"best_ap": best_ap}, config)
 
+    eval_fn = evaluate_fn or _DefaultEvaluation()
+
     def evaluate(epoch: int, what: str) -> dict:
         nonlocal best_ap
-        stats = _log_eval(evaluate_fn or _default_evaluator, model, state, config, logger,
-                          step, epoch, what)
+        stats = _log_eval(eval_fn, model, state, config, logger, step, epoch, what)
         ap = _headline_ap(stats) if stats else None
         if ap is not None and ap > best_ap:
             best_ap = ap
@@ -486,10 +467,20 @@ def _headline_ap(stats: dict) -> float | None:
     return None
 
 
-def _default_evaluator(model, variables, config) -> dict:
-    try:
-        from yolox_jax.eval.evaluator import evaluate_config_dataset
-    except ImportError as e:
-        print(f"evaluation skipped: the evaluator is unavailable ({e})")
-        return {}
-    return evaluate_config_dataset(model, variables, config)
+class _DefaultEvaluation:
+    """`eval.evaluator.Evaluator` on `config.data`'s val split, built at the first call and
+    held for the run (dataset, ground truth and compiled predictor reused; only the weights
+    change)."""
+
+    def __init__(self) -> None:
+        self.evaluator: Any = None
+
+    def __call__(self, model: Any, variables: Any, config: ml_collections.ConfigDict) -> dict:
+        if self.evaluator is None:
+            try:
+                from yolox_jax.eval.evaluator import Evaluator
+            except ImportError as e:
+                print(f"evaluation skipped: the evaluator is unavailable ({e})")
+                return {}
+            self.evaluator = Evaluator(model, config)
+        return self.evaluator.evaluate(variables)

@@ -18,11 +18,6 @@ import numpy as np
 
 from yolox_jax.config import as_config, config_from_json, config_to_json
 
-# config_to_json / config_from_json live in yolox_jax.config; re-exported here for the callers
-# that still import them from this module (train/checkpointing.py, train/trainer.py).
-__all__ = ["CheckpointNotFound", "config_from_json", "config_to_json", "load_checkpoint",
-           "load_torch_checkpoint", "save_checkpoint"]
-
 
 class CheckpointNotFound(FileNotFoundError):
     pass
@@ -72,24 +67,22 @@ def load_torch_checkpoint(
     path: str | os.PathLike, config: ml_collections.ConfigDict | str | None = None
 ) -> tuple[dict, ml_collections.ConfigDict]:
     """An official `.pth` (any of its layouts) -> (variables, config), without torch."""
-    from yolox_jax.config import variant_config
-    from yolox_jax.weights.convert import WeightsError, from_torch_state_dict, infer_variant
+    from yolox_jax.weights.convert import (
+        WeightsError,
+        config_for_state_dict,
+        from_torch_state_dict,
+    )
     from yolox_jax.weights.torch_io import extract_state_dict, load_torch_file
 
     path = Path(path)
     state_dict = extract_state_dict(load_torch_file(path), str(path))
     try:
-        if config is None:
-            name, _ = infer_variant(state_dict)
-            config = variant_config(name)
-        else:
-            config = as_config(config).copy_and_resolve_references()
+        config = config_for_state_dict(state_dict, config)
         variables = from_torch_state_dict(state_dict, config, source=str(path))
     except WeightsError as e:
         if str(path) in str(e):
             raise
         raise WeightsError(f"{path}: {e}") from None
-    config.model.num_classes = int(variables["params"]["head"]["cls_preds.0"]["bias"].shape[0])
     return variables, config
 
 

@@ -48,10 +48,6 @@ def unflatten_tree(flat: Mapping[tuple[str, ...], Any]) -> dict:
     return tree
 
 
-# The old private names, for train/trainer.py until it imports the public ones (issue 16 phase 2).
-_flat, _unflat = flatten_tree, unflatten_tree
-
-
 def torch_key(collection: str, path: tuple[str, ...]) -> str:
     """('params', ('backbone', 'backbone', 'stem', 'conv', 'conv', 'kernel')) ->
     'backbone.backbone.stem.conv.conv.weight'."""
@@ -139,6 +135,28 @@ def infer_variant(state_dict: Mapping[str, Any]) -> tuple[str, int]:
     )
 
 
+def config_for_state_dict(
+    state_dict: Mapping[str, Any], config: ml_collections.ConfigDict | str | None = None
+) -> ml_collections.ConfigDict:
+    """The config an official state dict loads into (a resolved copy): `config` (ConfigDict,
+    config file or variant name), or None: the variant inferred from its shapes. The number of
+    classes always comes from the weights."""
+    if config is None:
+        name, num_classes = infer_variant(state_dict)
+        config = variant_config(name)
+    else:
+        config = as_config(config)
+        num_classes = describe_state_dict(state_dict)["num_classes"]
+    config = config.copy_and_resolve_references()
+    config.model.num_classes = num_classes
+    return config
+
+
+def num_classes_of(variables: Mapping[str, Any]) -> int:
+    """The class count of a YOLOX's variables ({'params', ...}): its class-prediction bias."""
+    return int(np.shape(variables["params"]["head"]["cls_preds.0"]["bias"])[0])
+
+
 def check_state_dict(
     state_dict: Mapping[str, Any], config: ml_collections.ConfigDict, source: str = "state dict"
 ) -> None:
@@ -190,14 +208,8 @@ def from_torch_state_dict(
     `config` None infers the variant; the number of classes always comes from the weights.
     """
     sd = _without_counters(state_dict)
-    if config is None:
-        name, num_classes = infer_variant(sd)
-        config = variant_config(name)
-    else:
-        config = as_config(config)
-        num_classes = describe_state_dict(sd)["num_classes"]
-    config = config.copy_and_resolve_references()
-    config.model.num_classes = num_classes
+    config = config_for_state_dict(sd, config)
+    num_classes = int(config.model.num_classes)
     check_state_dict(sd, config, source)
     variables = {}
     for col, tree in variable_shapes(config, num_classes).items():
