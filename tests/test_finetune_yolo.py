@@ -65,5 +65,7 @@ def test_finetune_on_yolo_raccoon(tmp_path, capsys):
     gt = Evaluator(model, config).coco_gt.dataset  # what the run's evaluation scored against
     assert len(gt["images"]) == 4 and gt["categories"] == [{"id": 0, "name": "raccoon"}]
     assert np.isfinite(np.asarray(variables["params"]["head"]["cls_preds.0"]["bias"])).all()
+    assert_png(workdir / "results.png", 500)  # written by the trainer at the end of the run
+    (workdir / "results.png").unlink()
     assert main(["plot", str(workdir)]) == 0
     assert_png(workdir / "results.png", 500)

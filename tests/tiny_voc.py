@@ -67,5 +67,6 @@ def tiny_config(data_dir: Path, cache_dir: Path):
     c.train.eval_interval = 100
     c.train.print_interval = 1
     c.train.compilation_cache = True
+    c.train.plot = False  # matplotlib costs ~1 s per run; test_finetune_yolo checks the plot
     os.environ["YOLOX_JAX_COMPILATION_CACHE"] = str(cache_dir)
     return c

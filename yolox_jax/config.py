@@ -159,6 +159,7 @@ def base_config() -> ml_collections.ConfigDict:
             num_processes=1,
             process_id=0,
             compilation_cache=True,
+            plot=True,  # workdir/results.png (losses, lr, mAP per epoch) when a run ends
         )
     )
 

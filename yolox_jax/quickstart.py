@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     absl.flags.FLAGS.mark_as_parsed()  # grain workers read an absl flag
 
     from yolox_jax import assets
-    from yolox_jax.eval.evaluator import evaluate_config_dataset
+    from yolox_jax.plots import plot_results
     from yolox_jax.train.trainer import train
     from yolox_jax.weights.checkpoint import load_checkpoint, load_torch_checkpoint, save_checkpoint
 
@@ -130,18 +130,22 @@ def main(argv: list[str] | None = None) -> int:
     curve = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     evals = [c for c in curve if c["kind"] == "eval"]
 
-    print("[4/4] evaluate the final (EMA) weights on the 40 test images", flush=True)
+    print("[4/4] the final (EMA) weights on the 40 test images", flush=True)
     model, final_vars, final_cfg = load_checkpoint(workdir / "final")
-    stats = evaluate_config_dataset(model, final_vars, final_cfg)
+    stats = summary["eval"]  # the trainer's evaluation of these weights after the last epoch
     _raccoon_picture(model, final_vars, final_cfg, out)
+    curve_png = plot_results(workdir, out / "raccoon_training_curve.png")
     minutes = (time.time() - t0) / 60
     result = {"final": {k: v for k, v in stats.items() if isinstance(v, (int, float))},
               "curve": evals, "steps": summary["step"], "minutes": minutes}
     (out / "raccoon_eval.json").write_text(json.dumps(result, indent=1))
     print(f"done in {minutes:.1f} min: VOC07 mAP@0.5 {stats.get('mAP50', float('nan')):.4f}, "
           f"mAP@0.5:0.95 {stats.get('mAP50_95', float('nan')):.4f}")
+    print("  mAP@0.5 per evaluation: " + ", ".join(
+        f"epoch {c.get('epoch', '?')} {c.get('mAP50', float('nan')):.3f}" for c in evals))
     print(f"  outputs in {out}: yolox_nano/, dog_detections.jpg, train/ (tensorboard: "
-          f"tensorboard --logdir {workdir / 'tensorboard'}), raccoon_detections.jpg")
+          f"tensorboard --logdir {workdir / 'tensorboard'}), raccoon_detections.jpg, "
+          f"{curve_png.name}")
     return 0
 
 

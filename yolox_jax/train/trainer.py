@@ -277,10 +277,23 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
             logger.close()
     if epoch >= max_epoch:
         _export(workdir / "final", state, config)
+    if is_main and t.get("plot", True):
+        _plot_results(workdir, print)
     return {"metrics": run_log.last_metrics, "eval": last_eval, "steps_run": steps_run,
             "step": step, "epoch": epoch, "next_batch": next_batch,
             "stopped_by_signal": stop.signal, "stop_agreed": run_log.stop_agreed,
             "compile": compiled, "state": state}
+
+
+def _plot_results(workdir: Path, log: Any) -> None:
+    """workdir/results.png from metrics.jsonl (losses, lr and mAP per epoch), at the end of
+    every run, also a stopped one; a missing matplotlib is said once, never an error."""
+    from yolox_jax.plots import PlotsUnavailable, plot_results
+
+    try:
+        log(f"training curves: {plot_results(workdir)}")
+    except PlotsUnavailable as e:
+        log(f"no results.png: {e}")
 
 
 def _batches(loader: Any, epoch: int, start_batch: int) -> Iterator[Any]:
