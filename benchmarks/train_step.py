@@ -10,7 +10,9 @@ configuration ran before: the `cache` column says "hit" (the compile time is the
 time) or "miss"; `--no-cache` always compiles. With
 `--official PATH` (an official YOLOX checkout and `torch==2.13.0`; torchvision is not needed) the
 official model's training forward + loss + backward + SGD step runs on the same batch in the same
-process, and the ratio ours / official is printed.
+process, and the ratio ours / official is printed. The two are timed step by step in turn (one
+of ours, one official, `--steps` times): this machine's speed drifts by +-25% over tens of seconds,
+and alternating puts both under the same conditions.
 
 `--profile` then traces `--profile-steps` steps per variant with jax.profiler and prints where
 the time goes: convs / elementwise / reductions / data movement / SimOTA / optimizer / other
@@ -54,9 +56,18 @@ def _timeit(fn, steps: int) -> list[float]:
     return out
 
 
+def _timeit_alternating(fn, partner, steps: int) -> tuple[list[float], list[float]]:
+    """fn and partner timed in turn, `steps` times each: (fn's times, partner's times)."""
+    ours, theirs = [], []
+    for _ in range(steps):
+        ours += _timeit(fn, 1)
+        theirs += _timeit(partner, 1)
+    return ours, theirs
+
+
 def bench_ours(variant: str, images, labels, steps: int, dtype: str, *,
                profile_dir: str | None = None, profile_steps: int = 3,
-               simota: bool = True) -> dict:
+               simota: bool = True, partner=None) -> dict:
     """Our train step on the global batch (images, labels) over all devices.
 
     Returns compile_s (lower + compile: the load time on a cache hit), cache ("hit" / "miss"),
@@ -96,9 +107,14 @@ def bench_ours(variant: str, images, labels, steps: int, dtype: str, *,
         holder["state"], metrics = step_fn(holder["state"], x, y, use_l1=False, size=None)
         jax.block_until_ready(metrics)
 
-    times = _timeit(one, steps)
+    partner_times = []
+    if partner is None:
+        times = _timeit(one, steps)
+    else:  # the official step, timed in turn with ours
+        times, partner_times = _timeit_alternating(one, partner, steps)
     step_s = statistics.median(times)
-    out = dict(compile_s=compile_s, cache="hit" if hits.count("jit_step") else "miss",
+    out = dict(partner_step_s=statistics.median(partner_times) if partner_times else None,
+               compile_s=compile_s, cache="hit" if hits.count("jit_step") else "miss",
                step_s=step_s, images_per_s=images.shape[0] / step_s, loss=float(m["total"]),
                flops=_flops(compiled), memory=_memory(compiled), peak_bytes=_peak_bytes())
     if profile_dir is not None:
@@ -180,7 +196,9 @@ def _peak_bytes() -> int | None:
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
-def bench_official(path: str, variant: str, images, labels, steps: int) -> dict:
+def official_step(path: str, variant: str, images, labels):
+    """The official train step on (images, labels): (a callable running one step, the first
+    step's seconds)."""
     try:
         import torch
     except ImportError:
@@ -204,7 +222,11 @@ def bench_official(path: str, variant: str, images, labels, steps: int) -> dict:
 
     t = time.perf_counter()
     one()
-    first = time.perf_counter() - t
+    return one, time.perf_counter() - t
+
+
+def bench_official(path: str, variant: str, images, labels, steps: int) -> dict:
+    one, first = official_step(path, variant, images, labels)
     step_s = statistics.median(_timeit(one, steps))
     return dict(first_s=first, step_s=step_s, images_per_s=images.shape[0] / step_s)
 
@@ -269,14 +291,17 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for v in args.variants.split(","):
         name = v if v.startswith("yolox_") else f"yolox_{v}"
+        partner = None
+        if args.official:
+            partner, _ = official_step(args.official, name, images, labels)
         r = bench_ours(name, images, labels, args.steps, args.dtype, profile_dir=profile_dir,
-                       profile_steps=args.profile_steps)
+                       profile_steps=args.profile_steps, partner=partner)
         results.append((name, r))
         row = (f"{name:16s} {r['compile_s']:9.1f} {r['cache']:>5s} {r['step_s']:8.3f} "
                f"{r['images_per_s']:8.2f} {100 * r['simota_share']:8.1f}%")
         if args.official:
-            o = bench_official(args.official, name, images, labels, args.steps)
-            row += f" {o['images_per_s']:15.2f} {r['images_per_s'] / o['images_per_s']:6.2f}"
+            official_ips = images.shape[0] / r["partner_step_s"]
+            row += f" {official_ips:15.2f} {r['images_per_s'] / official_ips:6.2f}"
         print(row, flush=True)
     if args.profile:
         from trace_breakdown import format_breakdown

@@ -39,8 +39,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "yolox_darknet53": dict(depth=1.0, width=1.0, arch="darknet53", act="lrelu"),
 }
 
-# Values the training code accepts (train/optim.py imports SCHEDULERS; train/simota.py RULES is
-# kept equal to ASSIGNMENT_RULES by a test until it imports it from here).
+# Values the training code accepts (train/optim.py imports SCHEDULERS, train/simota.py
+# ASSIGNMENT_RULES).
 SCHEDULERS = ("yoloxwarmcos",)
 ASSIGNMENT_RULES = ("center_radius", "box_or_center")
 

@@ -17,9 +17,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from yolox_jax.config import ASSIGNMENT_RULES as RULES
 from yolox_jax.ops.boxes import box_iou
 
-RULES = ("center_radius", "box_or_center")
 # Rule -> (default centre radius in strides, cost penalty for pairs outside the geometry prior).
 _RULE_DEFAULTS = {"center_radius": (1.5, 1e6), "box_or_center": (2.5, 1e5)}
 TOPK_CANDIDATES = 10  # official `n_candidate_k` bound; dynamic k never exceeds it
