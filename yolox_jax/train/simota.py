@@ -222,7 +222,7 @@ def simota_assign(
     b, g = valid.shape
     buckets = gt_buckets(g)
     if len(buckets) == 1:
-        return _assign_all(*args, gt, valid, rule, center_radius)
+        return _match(simota_costs(*args, gt, valid, rule, center_radius), valid)
     order = jnp.argsort(~valid, axis=1, stable=True)  # [B, G]: valid rows first, in order
     gt_c = jnp.take_along_axis(gt, order[..., None], axis=1)
     valid_c = jnp.take_along_axis(valid, order, axis=1)
@@ -230,7 +230,8 @@ def simota_assign(
     branch = jnp.searchsorted(jnp.asarray(buckets), most)  # the first bucket >= most
 
     def run(rows: int) -> Assignment:
-        a = _assign_all(*args, gt_c[:, :rows], valid_c[:, :rows], rule, center_radius)
+        gt_r, valid_r = gt_c[:, :rows], valid_c[:, :rows]
+        a = _match(simota_costs(*args, gt_r, valid_r, rule, center_radius), valid_r)
         matched = jnp.take_along_axis(order, a.matched_gt, axis=1)  # back to rows of `gt`
         rows_b = jnp.arange(b)[:, None]
         dynamic_k = jnp.zeros((b, g), jnp.int32).at[rows_b, order[:, :rows]].set(a.dynamic_k)
@@ -250,21 +251,8 @@ def gt_buckets(g: int) -> tuple[int, ...]:
     return (*out, g)
 
 
-def _assign_all(
-    pred_boxes: jax.Array,
-    cls_logits: jax.Array,
-    obj_logits: jax.Array,
-    grid: jax.Array,
-    strides: jax.Array,
-    gt: jax.Array,
-    gt_valid: jax.Array,
-    rule: str = "center_radius",
-    center_radius: float | None = None,
-) -> Assignment:
-    """`simota_assign` over all G rows of gt (see there)."""
-    pc = simota_costs(
-        pred_boxes, cls_logits, obj_logits, grid, strides, gt, gt_valid, rule, center_radius
-    )
+def _match(pc: PairCosts, gt_valid: jax.Array) -> Assignment:
+    """The matching of `simota_assign` on the pair costs of all G rows (see there)."""
     valid = gt_valid.astype(bool)
     num_anchors = pc.cost.shape[-1]
     topk = min(TOPK_CANDIDATES, num_anchors)
