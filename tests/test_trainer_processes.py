@@ -209,11 +209,12 @@ def test_sigkill_during_a_save_keeps_the_previous_checkpoint(data, distributed, 
     from yolox_jax.train.checkpointing import TrainCheckpointer
 
     data8, _, cache = data
-    reference = trainer.train(_kill_config(tiny_config(data8, cache)), tmp_path / "reference",
-                              evaluate_fn=lambda *a: {})
     workdir = tmp_path / "killed"
     workdir.mkdir()
     proc = _start(["kill_in_save", str(workdir), str(data8), str(cache)], tmp_path / "kill.log")
+    # The uninterrupted reference run meanwhile, in this process (the worker starts up alone).
+    reference = trainer.train(_kill_config(tiny_config(data8, cache)), tmp_path / "reference",
+                              evaluate_fn=lambda *a: {})
     marker = workdir / f"in_save_{KILL_STEP}"
     t0 = time.time()
     while not marker.exists() and proc.poll() is None and time.time() - t0 < 600:
