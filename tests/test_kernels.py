@@ -7,12 +7,14 @@ against exact arithmetic rather than against another float32 rounding.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yolox_jax.models import kernels
+from yolox_jax.models import kernels, native
 from yolox_jax.models.layers import spp_pools
 
 
@@ -31,6 +33,14 @@ def _ref_conv(x, kernel, stride, groups):
     )
 
 
+def _native_or_skip() -> None:
+    import shutil
+
+    if not (os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("the native CPU kernels need a C++ compiler (none on PATH)")
+    assert native.load(), "the native CPU kernels did not build (see the warning above)"
+
+
 CASES = [
     # (B, H, W, Cin, Cout, k, stride, groups)
     (2, 12, 10, 8, 8, 3, 1, 8),    # depthwise 3x3
@@ -42,9 +52,16 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("native_kernels", [False, True], ids=["pure-jax", "native"])
 @pytest.mark.parametrize("case", CASES, ids=[f"k{c[5]}s{c[6]}g{c[7]}" for c in CASES])
-def test_conv2d_cpu_forms_equal_xla_conv_values_and_gradients(case):
+def test_conv2d_cpu_forms_equal_xla_conv_values_and_gradients(case, native_kernels, monkeypatch):
+    """Both CPU forms of the depthwise conv (the native kernel and the pure-JAX taps), the 1x1
+    product and XLA's conv against float64 XLA convolutions, values and both gradients."""
     b, h, w, cin, cout, k, stride, groups = case
+    if native_kernels:
+        _native_or_skip()
+    else:
+        monkeypatch.setattr(native, "usable", lambda *a: False)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(b, h, w, cin)).astype(np.float32)
     kernel = rng.normal(size=(k, k, cin // groups, cout)).astype(np.float32)
@@ -54,6 +71,8 @@ def test_conv2d_cpu_forms_equal_xla_conv_values_and_gradients(case):
         return lambda x, kr: jnp.sum(conv(x, kr) * probe)
 
     ours = jax.jit(lambda x, kr: kernels.conv2d(x, kr, stride, groups, cpu=True))
+    native_call = "yolox_jax_depthwise_fwd" in ours.lower(x, kernel).as_text()
+    assert native_call == (native_kernels and groups > 1)  # the path under test is taken
     with jax.enable_x64(True):
         x64, k64 = jnp.asarray(x, jnp.float64), jnp.asarray(kernel, jnp.float64)
         want = _ref_conv(x64, k64, stride, groups)
@@ -75,7 +94,8 @@ def test_depthwise_per_image_kernel_gradient_path(monkeypatch):
     grads = {}
     for name, threshold in (("batched", 1 << 40), ("per_image", 1), ("chunks", 16 * 16 * 8)):
         monkeypatch.setattr(kernels, "_CHUNK_ELEMENTS", threshold)
-        f = jax.jit(jax.grad(lambda a, kr: jnp.sum(kernels.depthwise_conv(a, kr, 1) ** 2), 1))
+        f = jax.jit(jax.grad(lambda a, kr: jnp.sum(
+            kernels.depthwise_conv(a, kr, 1, native_ok=False) ** 2), 1))
         grads[name] = f(x, kernel)
     assert _rel(grads["per_image"], grads["batched"]) < 1e-6
     assert _rel(grads["chunks"], grads["batched"]) < 1e-6
@@ -87,27 +107,39 @@ def _plain_bn(x, scale, bias, eps):
     return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias, mean, var
 
 
+@pytest.mark.parametrize("cpu", [False, True], ids=["pure-jax", "native"])
+@pytest.mark.parametrize("act", ["none", "silu"])
 @pytest.mark.parametrize("offset,spread", [(0.0, 1.0), (200.0, 3.0), (0.0, 300.0)],
                          ids=["centred", "large-mean", "large-spread"])
-def test_fused_batchnorm_equals_autodiff_of_the_formula(offset, spread):
+def test_fused_batchnorm_equals_autodiff_of_the_formula(offset, spread, act, cpu):
     """Values, batch statistics and all three gradients, including channels whose mean is far
-    from zero (the stem's raw pixels), against float64 autodiff of the two-pass formula."""
+    from zero (the stem's raw pixels), against float64 autodiff of the two-pass formula: the
+    pure-JAX form and the native CPU kernel, without and with the fused activation."""
+    if cpu:
+        _native_or_skip()
     rng = np.random.default_rng(2)
     x = rng.normal(offset, spread, size=(3, 6, 5, 7)).astype(np.float32)
     scale = rng.uniform(0.5, 1.5, 7).astype(np.float32)
     bias = rng.normal(size=7).astype(np.float32)
     probe = rng.normal(size=x.shape).astype(np.float32)
+    act_fn = jax.nn.silu if act == "silu" else (lambda v: v)
 
-    def loss(bn):
-        return lambda x, s, b: jnp.sum(jax.nn.silu(bn(x, s, b)[0]) * probe)
+    def plain(x, s, b):
+        y, mean, var = _plain_bn(x, s, b, 1e-3)
+        return act_fn(y), mean, var
 
     def ours(x, s, b):
-        return kernels.batch_norm_train(x, s, b, 1e-3, jnp.float32)
+        return kernels.batch_norm_train(x, s, b, 1e-3, jnp.float32, act, cpu=cpu)
+
+    def loss(bn):
+        return lambda x, s, b: jnp.sum(bn(x, s, b)[0] * probe)
 
     with jax.enable_x64(True):
         args64 = [jnp.asarray(a, jnp.float64) for a in (x, scale, bias)]
-        want = _plain_bn(*args64, 1e-3)
-        want_grads = jax.grad(loss(lambda x, s, b: _plain_bn(x, s, b, 1e-3)), (0, 1, 2))(*args64)
+        want = plain(*args64)
+        want_grads = jax.grad(loss(plain), (0, 1, 2))(*args64)
+    lowered = jax.jit(ours).lower(x, scale, bias).as_text()
+    assert ("yolox_jax_bn_act_fwd" in lowered) == cpu  # the path under test is the one taken
     got = jax.jit(ours)(x, scale, bias)
     for g, w in zip(got, want, strict=True):
         assert _rel(g, w) < 1e-5

@@ -66,6 +66,8 @@ def test_installed_wheel_alone_provides_the_command(clean_venv):
     where = _run([venv / "bin" / "python", "-c",
                   "import yolox_jax, yolox_jax.cli; print(yolox_jax.cli.__file__)"], tmp, env)
     assert where.strip().startswith(str(venv)), where  # not the checkout
+    # the native CPU kernels' source travels as package data (compiled on first use)
+    assert (Path(where.strip()).parents[1] / "models" / "native.cc").is_file()
     out = _run([venv / "bin" / "yolox-jax", "--help"], tmp, env)
     for name in ("train", "eval", "predict", "export", "convert"):
         assert re.search(rf"^  {name} ", out, re.M), out

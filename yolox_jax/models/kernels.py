@@ -16,7 +16,10 @@ convolutions and against the official fixtures). Why they exist, measured on XLA
   the convolution path (which also transposes operands for the weight gradient).
 
 All of it is ordinary JAX: it shards, jits and differentiates like any other code, and on
-GPU/TPU the model uses XLA's convolutions instead (`Settings.kernels`).
+GPU/TPU the model uses XLA's convolutions instead (`Settings.kernels`). The one exception is
+opt-in per call: on a single CPU device, BatchNorm + activation can run as the native kernel of
+`native.py` (XLA's own form makes ~15 passes over each activation for forward + backward where
+4 suffice); the pure-JAX `_bn_act_train` below stays the reference and the fallback.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from . import native
 
 _AXES = (0, 1, 2)  # the reduction axes of an NHWC activation
 _CHUNK_ELEMENTS = 1 << 18  # depthwise kernel gradient: images per step of its loop, see below
@@ -108,12 +113,17 @@ _bn_act_train.defvjp(_bn_act_train_fwd, _bn_act_train_bwd)
 
 
 def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float,
-                     dtype: Any, act: str = "none") -> tuple[jax.Array, jax.Array, jax.Array]:
+                     dtype: Any, act: str = "none",
+                     cpu: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
     """act(BN(x)) with batch statistics over [B, H, W, C] -> (y in `dtype`, mean [C], biased
     var [C]); statistics, normalisation and activation in float32. Under jit over a
-    batch-sharded x the moments are over the global batch. `act`: silu, relu, lrelu or none."""
+    batch-sharded x the moments are over the global batch. `act`: silu, relu, lrelu or none.
+    `cpu`: use the native kernel (`native.py`) where it applies."""
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    y, mean, var = _bn_act_train(xf, scale, bias, float(eps), act)
+    if cpu and native.usable(xf):
+        y, mean, var = native.bn_act_train(xf, scale, bias, float(eps), act)
+    else:
+        y, mean, var = _bn_act_train(xf, scale, bias, float(eps), act)
     return y.astype(dtype), mean, var
 
 
@@ -200,9 +210,13 @@ def _depthwise_bwd(stride, res, g):
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
-def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
+                   native_ok: bool = True) -> jax.Array:
     """Depthwise k x k conv, padding (k-1)//2: [B, H, W, C], kernel [k, k, 1, C] (HWIO, as a
-    grouped `nn.Conv`) -> [B, H', W', C]."""
+    grouped `nn.Conv`) -> [B, H', W', C]; the native kernel where it applies (float32, one
+    CPU device) unless `native_ok` is False."""
+    if native_ok and x.ndim == 4 and kernel.shape[0] % 2 and native.usable(x, kernel):
+        return native.depthwise(x, kernel[:, :, 0, :], int(stride))
     return _depthwise(x, kernel[:, :, 0, :], int(stride))
 
 

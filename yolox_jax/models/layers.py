@@ -98,7 +98,7 @@ class BatchNorm(nn.Module):
             y = y.astype(self.s.dtype)
             return y if self.act == "none" else activation(self.act)(y)
         y, mean, var = kernels.batch_norm_train(x, scale, bias, self.s.bn_eps, self.s.dtype,
-                                                self.act)
+                                                self.act, cpu=self.s.cpu_kernels())
         if not self.is_initializing():
             n = int(np.prod(x.shape[:-1]))
             unbiased = var * (n / max(n - 1, 1))
