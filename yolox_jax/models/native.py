@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import warnings
 from functools import lru_cache, partial
 from pathlib import Path
@@ -71,10 +72,18 @@ def _compile(compiler: str, out: Path) -> None:
             os.unlink(tmp)
 
 
-@lru_cache(maxsize=1)
+_LOCK = threading.Lock()  # the trainer traces its multi-scale programs from several threads
+
+
 def load() -> bool:
     """Compile (once per machine) and register the kernels; False, with one warning saying
     why, where they cannot be built. `YOLOX_JAX_NATIVE=0` turns them off."""
+    with _LOCK:
+        return _load()
+
+
+@lru_cache(maxsize=1)
+def _load() -> bool:
     if os.environ.get("YOLOX_JAX_NATIVE", "1") == "0":
         return False
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
