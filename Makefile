@@ -16,9 +16,13 @@ $(STAMP): pyproject.toml | $(PY)
 
 venv: $(STAMP)
 
+# Two pytest workers (pytest-xdist), one test file each at a time: most tests are single-threaded
+# XLA compilation, so two cores run the suite ~1.3x faster. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

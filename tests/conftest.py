@@ -52,5 +52,9 @@ def nano_coco_subset_stats() -> dict:
 @pytest.fixture(scope="session")
 def jax_cache(tmp_path_factory) -> Path:
     """One persistent compilation cache for the session: a program compiled by one test module
-    (the tiny trainer config's train step) is loaded by the next, and by its subprocesses."""
-    return tmp_path_factory.mktemp("jax_cache")
+    (the tiny trainer config's train step) is loaded by the next, and by its subprocesses.
+    Under pytest-xdist all workers share it (the folder above each worker's own temp root)."""
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "jax_cache"
+    path.mkdir(exist_ok=True)
+    return path

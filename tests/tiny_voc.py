@@ -1,7 +1,9 @@
-"""A tiny synthetic VOC dataset and the trainer config the trainer tests run on (64x64 nano)."""
+"""A tiny synthetic VOC dataset, the trainer config the trainer tests run on (64x64 nano), and
+the helpers those tests share (losses from metrics.jsonl, a no-op evaluation, a step wrapper)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -70,3 +72,34 @@ def tiny_config(data_dir: Path, cache_dir: Path):
     c.train.plot = False  # matplotlib costs ~1 s per run; test_finetune_yolo checks the plot
     os.environ["YOLOX_JAX_COMPILATION_CACHE"] = str(cache_dir)
     return c
+
+
+def losses_of(workdir: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["total"]) for r in rows if r["kind"] == "train"]
+
+
+def no_eval(model, variables, config):
+    return {}
+
+
+def wrap_step(monkeypatch, after_step):
+    """Patch the trainer's train step so that `after_step(k, state, metrics, mesh)` (k: the
+    1-based step this process dispatched) can change what each step returns."""
+    from yolox_jax.train import step as step_mod
+
+    real = step_mod.make_train_step
+
+    def patched(model, tx, schedule, mesh, **kwargs):
+        fn = real(model, tx, schedule, mesh, **kwargs)
+        count = [0]
+
+        def wrapped(state, images, labels, use_l1, size):
+            count[0] += 1
+            new_state, metrics = fn(state, images, labels, use_l1=use_l1, size=size)
+            return after_step(count[0], new_state, metrics, mesh)
+
+        wrapped.lower = fn.lower
+        return wrapped
+
+    monkeypatch.setattr(step_mod, "make_train_step", patched)
