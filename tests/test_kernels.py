@@ -48,7 +48,11 @@ CASES = [
     (2, 13, 11, 6, 6, 3, 2, 6),    # depthwise, odd sizes (the stride-2 border)
     (3, 9, 9, 4, 4, 5, 1, 4),      # depthwise 5x5
     (2, 7, 5, 6, 10, 1, 1, 1),     # pointwise
-    (2, 8, 8, 6, 10, 3, 2, 1),     # dense 3x3 (XLA's conv in both modes)
+    (2, 8, 8, 6, 10, 3, 2, 1),     # dense 3x3, Cout not a multiple of 16 (XLA's conv in both)
+    (2, 9, 7, 14, 48, 3, 1, 1),    # dense 3x3 (native weight gradient: Cin tiles 12 + 2,
+                                   # Cout 32 + 16)
+    (2, 11, 10, 5, 16, 3, 2, 1),   # dense 3x3, stride 2, odd sizes
+    (1, 7, 6, 3, 32, 5, 1, 1),     # dense 5x5
 ]
 
 
@@ -56,7 +60,8 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[f"k{c[5]}s{c[6]}g{c[7]}" for c in CASES])
 def test_conv2d_cpu_forms_equal_xla_conv_values_and_gradients(case, native_kernels, monkeypatch):
     """Both CPU forms of the depthwise conv (the native kernel and the pure-JAX taps), the 1x1
-    product and XLA's conv against float64 XLA convolutions, values and both gradients."""
+    product and the dense conv (XLA's, with the native weight gradient or XLA's) against
+    float64 XLA convolutions, values and both gradients."""
     b, h, w, cin, cout, k, stride, groups = case
     if native_kernels:
         _native_or_skip()
@@ -71,8 +76,13 @@ def test_conv2d_cpu_forms_equal_xla_conv_values_and_gradients(case, native_kerne
         return lambda x, kr: jnp.sum(conv(x, kr) * probe)
 
     ours = jax.jit(lambda x, kr: kernels.conv2d(x, kr, stride, groups, cpu=True))
-    native_call = "yolox_jax_depthwise_fwd" in ours.lower(x, kernel).as_text()
-    assert native_call == (native_kernels and groups > 1)  # the path under test is taken
+    fwd_text = ours.lower(x, kernel).as_text()
+    grad_text = jax.jit(jax.grad(loss(ours), (0, 1))).lower(x, kernel).as_text()
+    # the path under test is taken
+    assert ("yolox_jax_depthwise_fwd" in fwd_text) == (native_kernels and groups > 1)
+    assert ("yolox_jax_depthwise_bwd" in grad_text) == (native_kernels and groups > 1)
+    dense_native = native_kernels and groups == 1 and k > 1 and cout % 16 == 0
+    assert ("yolox_jax_conv_wgrad" in grad_text) == dense_native
     with jax.enable_x64(True):
         x64, k64 = jnp.asarray(x, jnp.float64), jnp.asarray(kernel, jnp.float64)
         want = _ref_conv(x64, k64, stride, groups)

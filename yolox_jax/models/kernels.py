@@ -275,17 +275,44 @@ def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return _pointwise(x, kernel[0, 0])
 
 
+def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, groups: int = 1) -> jax.Array:
+    pad = (kernel.shape[0] - 1) // 2
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+    )
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense_native_wgrad(x, kernel, stride):
+    return _xla_conv(x, kernel, stride)
+
+
+def _dense_native_wgrad_fwd(x, kernel, stride):
+    return _xla_conv(x, kernel, stride), (x, kernel)
+
+
+def _dense_native_wgrad_bwd(stride, res, g):
+    x, kernel = res
+    dx = jax.vjp(lambda a: _xla_conv(a, kernel, stride), x)[1](g)[0]
+    return dx, native.conv_weight_grad(x, g, kernel.shape[0], stride)
+
+
+_dense_native_wgrad.defvjp(_dense_native_wgrad_fwd, _dense_native_wgrad_bwd)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1,
            cpu: bool = False) -> jax.Array:
     """Conv2d with symmetric padding (k-1)//2: [B, H, W, Cin], kernel [k, k, Cin/groups, Cout]
-    -> [B, H', W', Cout]. `cpu` selects the CPU formulations above where they apply."""
+    -> [B, H', W', Cout]. `cpu` selects the CPU formulations above where they apply; for a
+    dense k x k conv that is XLA's convolution with the native weight gradient (XLA CPU runs
+    that one as a convolution over the whole image on one thread, 2-4x slower than forward)."""
     k, cin, cout = kernel.shape[0], x.shape[-1], kernel.shape[-1]
     if cpu and k == 1 and stride == 1 and groups == 1:
         return pointwise_conv(x, kernel)
     if cpu and groups > 1 and groups == cin == cout:
         return depthwise_conv(x, kernel, stride)
-    pad = (k - 1) // 2
-    return jax.lax.conv_general_dilated(
-        x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
-    )
+    if (cpu and groups == 1 and k > 1 and k % 2 and cout % 16 == 0 and x.ndim == 4
+            and native.usable(x, kernel)):
+        return _dense_native_wgrad(x, kernel, int(stride))
+    return _xla_conv(x, kernel, stride, groups)

@@ -344,6 +344,117 @@ ffi::Error DwBwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi:
   return ffi::Error::Success();
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Weight gradient of a dense k x k convolution, NHWC / HWIO, padding (k-1)/2, stride s:
+// dw[i, j, c, o] = sum_{b, y, x} x[b, s*y + i - p, s*x + j - p, c] * g[b, y, x, o]. XLA CPU runs
+// it as a convolution whose window is the whole image, on one thread, 2-4x slower than the
+// forward; here it is a blocked outer-product sum on all threads.
+
+typedef float V16 __attribute__((vector_size(64)));
+typedef float V16u __attribute__((vector_size(64), aligned(4)));  // unaligned loads / stores
+
+inline V16 Load16(const float* p) { return *reinterpret_cast<const V16u*>(p); }
+
+struct WgShape {
+  int64_t b, h, w, c, o, k, s, p, ho, wo;
+};
+
+// Adds to acc [CT][16 * OV] the sums over output rows [y0, y1) of image bi for tap (i, j),
+// input channels [c0, c0 + CT), output channels [o0, o0 + 16 * OV).
+template <int CT, int OV>
+void WgTile(const float* __restrict x, const float* __restrict g, const WgShape& d, int64_t bi,
+            int64_t y0, int64_t y1, int64_t i, int64_t j, int64_t c0, int64_t o0,
+            double* __restrict acc) {
+  V16 a[CT][OV];
+  for (int ci = 0; ci < CT; ++ci)
+    for (int v = 0; v < OV; ++v) a[ci][v] = V16{};
+  // Output columns whose input column s*x + j - p lies inside the image.
+  int64_t x0 = j >= d.p ? 0 : (d.p - j + d.s - 1) / d.s;
+  int64_t x1 = (d.w - 1 + d.p - j) / d.s + 1;
+  if (x1 > d.wo) x1 = d.wo;
+  for (int64_t y = y0; y < y1; ++y) {
+    int64_t yi = d.s * y + i - d.p;
+    if (yi < 0 || yi >= d.h) continue;
+    const float* xr = x + ((bi * d.h + yi) * d.w + (d.s * x0 + j - d.p)) * d.c + c0;
+    const float* gr = g + ((bi * d.ho + y) * d.wo + x0) * d.o + o0;
+    for (int64_t xo = x0; xo < x1; ++xo, xr += d.s * d.c, gr += d.o) {
+      V16 gv[OV];
+      for (int v = 0; v < OV; ++v) gv[v] = Load16(gr + 16 * v);
+      for (int ci = 0; ci < CT; ++ci) {
+        V16 xb = V16{} + xr[ci];
+        for (int v = 0; v < OV; ++v) a[ci][v] += xb * gv[v];
+      }
+    }
+  }
+  for (int ci = 0; ci < CT; ++ci)
+    for (int v = 0; v < OV; ++v)
+      for (int l = 0; l < 16; ++l) acc[ci * d.o + 16 * v + l] += a[ci][v][l];
+}
+
+template <int OV>
+void WgTileC(int ct, const float* x, const float* g, const WgShape& d, int64_t bi, int64_t y0,
+             int64_t y1, int64_t i, int64_t j, int64_t c0, int64_t o0, double* acc) {
+  switch (ct) {
+#define YOLOX_WG_CASE(n) \
+    case n: WgTile<n, OV>(x, g, d, bi, y0, y1, i, j, c0, o0, acc); break;
+    YOLOX_WG_CASE(1) YOLOX_WG_CASE(2) YOLOX_WG_CASE(3) YOLOX_WG_CASE(4) YOLOX_WG_CASE(5)
+    YOLOX_WG_CASE(6) YOLOX_WG_CASE(7) YOLOX_WG_CASE(8) YOLOX_WG_CASE(9) YOLOX_WG_CASE(10)
+    YOLOX_WG_CASE(11) YOLOX_WG_CASE(12)
+#undef YOLOX_WG_CASE
+    default: break;
+  }
+}
+
+constexpr int kWgCt = 12;  // input channels per tile: 12 x 2 accumulators + 2 loads of 32 zmm
+
+void WgImpl(const float* x, const float* g, float* dw, const WgShape& d, ffi::ThreadPool& pool) {
+  // Tasks: (tap, input-channel tile); each owns its part of dw, so threads never share a
+  // write. Rows are walked in blocks (outer) so that a block's x and g stay in cache while
+  // every task of the thread uses them.
+  int64_t ctiles = (d.c + kWgCt - 1) / kWgCt;
+  int64_t tasks = d.k * d.k * ctiles;
+  int64_t t = pool.num_threads() < 1 ? 1 : pool.num_threads();
+  int64_t parts = tasks < t ? tasks : t;
+  int64_t per_pos = (d.s * d.c + d.o) * 4;  // bytes of x and g per output position
+  int64_t rows = (256 * 1024) / (per_pos * d.wo + 1);
+  if (rows < 1) rows = 1;
+  std::vector<double> acc(d.k * d.k * d.c * d.o, 0.0);
+  ParallelFor(pool, tasks, parts, [&](int64_t t0, int64_t t1, int64_t) {
+    for (int64_t bi = 0; bi < d.b; ++bi) {
+      for (int64_t y0 = 0; y0 < d.ho; y0 += rows) {
+        int64_t y1 = y0 + rows < d.ho ? y0 + rows : d.ho;
+        for (int64_t task = t0; task < t1; ++task) {
+          int64_t tap = task / ctiles, c0 = (task % ctiles) * kWgCt;
+          int ct = static_cast<int>(d.c - c0 < kWgCt ? d.c - c0 : kWgCt);
+          int64_t i = tap / d.k, j = tap % d.k;
+          double* a = &acc[(tap * d.c + c0) * d.o];
+          int64_t o0 = 0;
+          for (; o0 + 32 <= d.o; o0 += 32) WgTileC<2>(ct, x, g, d, bi, y0, y1, i, j, c0, o0, a + o0);
+          for (; o0 + 16 <= d.o; o0 += 16) WgTileC<1>(ct, x, g, d, bi, y0, y1, i, j, c0, o0, a + o0);
+        }
+      }
+    }
+  });
+  for (size_t q = 0; q < acc.size(); ++q) dw[q] = static_cast<float>(acc[q]);
+}
+
+ffi::Error ConvWgrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
+                     ffi::ResultBuffer<ffi::F32> dw, int32_t stride) {
+  auto xd = x.dimensions();
+  auto gd = g.dimensions();
+  auto wd = dw->dimensions();
+  WgShape d;
+  d.b = xd[0]; d.h = xd[1]; d.w = xd[2]; d.c = xd[3];
+  d.ho = gd[1]; d.wo = gd[2]; d.o = gd[3];
+  d.k = wd[0]; d.s = stride; d.p = (d.k - 1) / 2;
+  if (d.o % 16 != 0 || wd[2] != d.c || wd[3] != d.o)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "yolox_jax_conv_wgrad: output channels must be a multiple of 16");
+  WgImpl(x.typed_data(), g.typed_data(), dw->typed_data(), d, pool);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(YoloxBnActFwd, Fwd,
@@ -388,5 +499,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(YoloxDwBwd, DwBwd,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("stride"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(YoloxConvWgrad, ConvWgrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int32_t>("stride"));

@@ -35,8 +35,9 @@ _FLAGS = ("-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fope
 _ACT = {"silu": 0, "relu": 1, "lrelu": 2, "none": 3}
 _FWD, _BWD = "yolox_jax_bn_act_fwd", "yolox_jax_bn_act_bwd"
 _DW_FWD, _DW_BWD = "yolox_jax_depthwise_fwd", "yolox_jax_depthwise_bwd"
+_WGRAD = "yolox_jax_conv_wgrad"
 _SYMBOLS = {_FWD: "YoloxBnActFwd", _BWD: "YoloxBnActBwd", _DW_FWD: "YoloxDwFwd",
-            _DW_BWD: "YoloxDwBwd"}
+            _DW_BWD: "YoloxDwBwd", _WGRAD: "YoloxConvWgrad"}
 
 
 def _cpu_key() -> str:
@@ -168,3 +169,10 @@ def _dw_bwd(stride, res, g):
 
 
 depthwise.defvjp(_dw_fwd, _dw_bwd)
+
+
+def conv_weight_grad(x: jax.Array, g: jax.Array, k: int, stride: int) -> jax.Array:
+    """Weight gradient of a dense k x k conv, padding (k-1)//2: float32 x [B, H, W, Cin] and
+    the output cotangent g [B, H', W', Cout] (Cout a multiple of 16) -> [k, k, Cin, Cout]."""
+    out = jax.ShapeDtypeStruct((k, k, x.shape[-1], g.shape[-1]), x.dtype)
+    return jax.ffi.ffi_call(_WGRAD, out)(x, g, stride=np.int32(stride))
