@@ -48,6 +48,7 @@ CASES = [
     (2, 13, 11, 6, 6, 3, 2, 6),    # depthwise, odd sizes (the stride-2 border)
     (3, 9, 9, 4, 4, 5, 1, 4),      # depthwise 5x5
     (2, 7, 5, 6, 10, 1, 1, 1),     # pointwise
+    (2, 7, 5, 13, 32, 1, 1, 1),    # pointwise (native weight gradient)
     (2, 8, 8, 6, 10, 3, 2, 1),     # dense 3x3, Cout not a multiple of 16 (XLA's conv in both)
     (2, 9, 7, 14, 48, 3, 1, 1),    # dense 3x3 (native weight gradient: Cin tiles 12 + 2,
                                    # Cout 32 + 16)
@@ -81,7 +82,7 @@ def test_conv2d_cpu_forms_equal_xla_conv_values_and_gradients(case, native_kerne
     # the path under test is taken
     assert ("yolox_jax_depthwise_fwd" in fwd_text) == (native_kernels and groups > 1)
     assert ("yolox_jax_depthwise_bwd" in grad_text) == (native_kernels and groups > 1)
-    dense_native = native_kernels and groups == 1 and k > 1 and cout % 16 == 0
+    dense_native = native_kernels and groups == 1 and cout % 16 == 0
     assert ("yolox_jax_conv_wgrad" in grad_text) == dense_native
     with jax.enable_x64(True):
         x64, k64 = jnp.asarray(x, jnp.float64), jnp.asarray(kernel, jnp.float64)

@@ -257,6 +257,9 @@ def _pointwise_fwd(x, w):
 def _pointwise_bwd(res, g):
     x, w = res
     dx = _matmul(g, w.T)
+    if x.ndim == 4 and w.shape[1] % 16 == 0 and native.usable(x, g):
+        # the native outer-product sum: 1.2-3.5x faster than the products below on XLA CPU
+        return dx, native.conv_weight_grad(x, g, 1, 1)[0, 0]
     # Weight gradient as one [Cin, Cout] product per image, summed: autodiff's single product
     # over all B*H*W rows makes XLA CPU write the cotangent transposed ([Cout, B*H*W]) first.
     b = x.shape[0]
