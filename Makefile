@@ -11,7 +11,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[dev,plots,export]"
+	$(PY) -m pip install -q -e ".[dev,plots,export,openvino]"
 	touch $(STAMP)
 
 venv: $(STAMP)
