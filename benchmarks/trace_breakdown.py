@@ -13,7 +13,9 @@ metadata (the JAX name stack):
 * SimOTA     op_name under a `simota` name scope (the benchmark wraps `simota_assign` in one)
 * optimizer  op_name under the `optimizer` scope of `train.step` (SGD, weight decay, EMA)
 * convs      convolutions and dots, and fusions holding one (XLA CPU runs most convolutions as
-             XNNPACK/YNNPACK "ynn_fusion"s), forward and backward
+             XNNPACK/YNNPACK "ynn_fusion"s), forward and backward, and the native conv kernels
+             (`models/native.py`: depthwise, weight gradients)
+* BN + act   the native BatchNorm + activation kernels, forward and backward
 * reductions reduce / reduce-window fusions (BatchNorm statistics, max-pool and its gradient)
 * data movement  copy / transpose / pad / slice / concatenate / gather / scatter
 * elementwise    every other fusion or op that computes (BN normalise, SiLU, adds, ...)
@@ -33,8 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-CATEGORIES = ("convs", "elementwise", "reductions", "data movement", "SimOTA", "optimizer",
-              "other")
+CATEGORIES = ("convs", "BN + act", "elementwise", "reductions", "data movement", "SimOTA",
+              "optimizer", "other")
 _CONV = {"convolution", "dot"}
 _REDUCE = {"reduce", "reduce-window", "select-and-scatter"}
 _MOVE = {"copy", "transpose", "pad", "slice", "dynamic-slice", "dynamic-update-slice",
@@ -82,8 +84,10 @@ def parse_hlo(text: str) -> dict[str, dict[str, Any]]:
         opcode = _opcode(rhs)
         op_name = re.search(r'op_name="([^"]*)"', rhs)
         calls = re.search(r"calls=%?([\w.\-]+)", rhs)
+        target = re.search(r'custom_call_target="([^"]*)"', rhs)
         instrs[name] = {"opcode": opcode, "op_name": op_name.group(1) if op_name else "",
-                        "calls": calls.group(1) if calls else None, "computation": current}
+                        "calls": calls.group(1) if calls else None, "computation": current,
+                        "target": target.group(1) if target else ""}
         comps[current]["opcodes"].add(opcode)
         if calls:
             comps[current]["calls"].append(calls.group(1))
@@ -128,6 +132,11 @@ def classify(name: str, hlo: dict[str, dict[str, Any]]) -> str:
         return "SimOTA"
     if "optimizer" in scopes:
         return "optimizer"
+    target = hlo[name].get("target", "")
+    if target.startswith("yolox_jax_bn_act"):
+        return "BN + act"
+    if target.startswith(("yolox_jax_depthwise", "yolox_jax_conv")):
+        return "convs"
     if opcodes & _CONV:
         return "convs"
     if opcodes & _REDUCE:
