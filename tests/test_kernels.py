@@ -54,6 +54,8 @@ CASES = [
                                    # Cout 32 + 16)
     (2, 11, 10, 5, 16, 3, 2, 1),   # dense 3x3, stride 2, odd sizes
     (1, 7, 6, 3, 32, 5, 1, 1),     # dense 5x5
+    (2, 1, 1, 4, 16, 3, 1, 1),     # dense 3x3 on a 1x1 map (taps entirely in the padding)
+    (1, 2, 1, 3, 16, 5, 2, 1),     # dense 5x5, stride 2, map narrower than the kernel
 ]
 
 

@@ -371,7 +371,8 @@ void WgTile(const float* __restrict x, const float* __restrict g, const WgShape&
     for (int v = 0; v < OV; ++v) a[ci][v] = V16{};
   // Output columns whose input column s*x + j - p lies inside the image.
   int64_t x0 = j >= d.p ? 0 : (d.p - j + d.s - 1) / d.s;
-  int64_t x1 = (d.w - 1 + d.p - j) / d.s + 1;
+  int64_t last = d.w - 1 + d.p - j;  // negative: every column of this tap is padding
+  int64_t x1 = last < 0 ? 0 : last / d.s + 1;
   if (x1 > d.wo) x1 = d.wo;
   for (int64_t y = y0; y < y1; ++y) {
     int64_t yi = d.s * y + i - d.p;
