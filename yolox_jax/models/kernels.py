@@ -17,9 +17,11 @@ convolutions and against the official fixtures). Why they exist, measured on XLA
 
 All of it is ordinary JAX: it shards, jits and differentiates like any other code, and on
 GPU/TPU the model uses XLA's convolutions instead (`Settings.kernels`). The one exception is
-opt-in per call: on a single CPU device, BatchNorm + activation can run as the native kernel of
-`native.py` (XLA's own form makes ~15 passes over each activation for forward + backward where
-4 suffice); the pure-JAX `_bn_act_train` below stays the reference and the fallback.
+opt-in per call: on a single CPU device, BatchNorm + activation, the depthwise conv and the
+weight gradients of dense and 1x1 convs can run as the native kernels of `native.py` (XLA's own
+BN form makes ~15 passes over each activation for forward + backward where 4 suffice; its conv
+weight gradient is a whole-image convolution on one thread); the pure-JAX forms below stay the
+reference and the fallback.
 """
 
 from __future__ import annotations

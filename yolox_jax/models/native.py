@@ -1,5 +1,5 @@
 """Native CPU kernels (XLA FFI custom calls), compiled on first use: BatchNorm + activation and
-the depthwise convolution, forward and backward.
+the depthwise convolution, forward and backward, and the weight gradient of dense convolutions.
 
 `native.cc` is C++ against the XLA FFI headers that ship with jaxlib. The first process that
 needs it compiles it with the system C++ compiler (~7 s) into the cache root
